@@ -1,0 +1,198 @@
+//! Server-side sessions. The cookie holds 32 random bytes; the row holds their SHA-256, so a
+//! database leak gives no usable cookie. A session ends after `idle_minutes` without a request or
+//! `absolute_hours` after login, whichever comes first; logging in always makes a new id.
+
+use chrono::{DateTime, Duration, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rocket::http::{Cookie, CookieJar, SameSite};
+use rocket::request::{FromRequest, Outcome, Request};
+
+use crate::config::{Config, SessionSettings};
+use crate::crypto;
+use crate::db::schema::sessions;
+use crate::db::Db;
+
+/// Requests within this long of the last one do not rewrite `last_seen_at`.
+const TOUCH_EVERY_SECS: i64 = 60;
+
+pub fn cookie_name(release: bool) -> &'static str {
+    if release {
+        "__Host-session"
+    } else {
+        "session"
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = sessions)]
+pub struct CurrentUser {
+    pub id: i64,
+    pub matrix_user_id: String,
+    pub device_id: String,
+    pub homeserver_url: String,
+    pub access_token_enc: Vec<u8>,
+    pub display_name: Option<String>,
+    pub emails: Vec<Option<String>>,
+    pub auth_time: DateTime<Utc>,
+    pub amr: Vec<Option<String>>,
+    pub last_seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl CurrentUser {
+    pub fn emails(&self) -> impl Iterator<Item = &str> {
+        self.emails.iter().flatten().map(String::as_str)
+    }
+}
+
+/// What a successful login knows about the agent.
+#[derive(Debug, Clone)]
+pub struct NewLogin<'a> {
+    pub matrix_user_id: &'a str,
+    pub device_id: &'a str,
+    pub homeserver_url: &'a str,
+    pub access_token_enc: &'a [u8],
+    pub display_name: Option<&'a str>,
+    pub emails: &'a [String],
+    pub amr: &'a [&'a str],
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = sessions)]
+struct NewSessionRow<'a> {
+    token_hash: Vec<u8>,
+    matrix_user_id: &'a str,
+    device_id: &'a str,
+    homeserver_url: &'a str,
+    access_token_enc: &'a [u8],
+    display_name: Option<&'a str>,
+    emails: Vec<Option<String>>,
+    auth_time: DateTime<Utc>,
+    amr: Vec<Option<String>>,
+    created_at: DateTime<Utc>,
+    last_seen_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+/// Creates the session row and returns the cookie value (shown once, never stored).
+pub async fn create(
+    conn: &mut AsyncPgConnection,
+    login: &NewLogin<'_>,
+    settings: &SessionSettings,
+    now: DateTime<Utc>,
+) -> Result<(i64, String), crate::web::errors::AppError> {
+    let token = crypto::random_token(32)?;
+    let id = diesel::insert_into(sessions::table)
+        .values(NewSessionRow {
+            token_hash: crypto::sha256(token.as_bytes()),
+            matrix_user_id: login.matrix_user_id,
+            device_id: login.device_id,
+            homeserver_url: login.homeserver_url,
+            access_token_enc: login.access_token_enc,
+            display_name: login.display_name,
+            emails: login.emails.iter().cloned().map(Some).collect(),
+            auth_time: now,
+            amr: login.amr.iter().map(|a| Some(a.to_string())).collect(),
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now + Duration::hours(settings.absolute_hours),
+        })
+        .returning(sessions::id)
+        .get_result(conn)
+        .await?;
+    Ok((id, token))
+}
+
+/// The live session for a cookie value, touching its idle clock.
+pub async fn find(
+    conn: &mut AsyncPgConnection,
+    token: &str,
+    settings: &SessionSettings,
+    now: DateTime<Utc>,
+) -> QueryResult<Option<CurrentUser>> {
+    let hash = crypto::sha256(token.as_bytes());
+    let idle_limit = now - Duration::minutes(settings.idle_minutes);
+    let found: Option<CurrentUser> = sessions::table
+        .filter(sessions::token_hash.eq(&hash))
+        .filter(sessions::expires_at.gt(now))
+        .filter(sessions::last_seen_at.gt(idle_limit))
+        .select(CurrentUser::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    if let Some(user) = &found {
+        if (now - user.last_seen_at).num_seconds() >= TOUCH_EVERY_SECS {
+            diesel::update(sessions::table.find(user.id))
+                .set(sessions::last_seen_at.eq(now))
+                .execute(conn)
+                .await?;
+        }
+    }
+    Ok(found)
+}
+
+pub async fn delete(conn: &mut AsyncPgConnection, id: i64) -> QueryResult<usize> {
+    diesel::delete(sessions::table.find(id)).execute(conn).await
+}
+
+/// Removes sessions past their absolute or idle expiry; returns how many.
+pub async fn purge_expired(
+    conn: &mut AsyncPgConnection,
+    settings: &SessionSettings,
+    now: DateTime<Utc>,
+) -> QueryResult<usize> {
+    let idle_limit = now - Duration::minutes(settings.idle_minutes);
+    diesel::delete(
+        sessions::table.filter(
+            sessions::expires_at
+                .le(now)
+                .or(sessions::last_seen_at.le(idle_limit)),
+        ),
+    )
+    .execute(conn)
+    .await
+}
+
+pub fn set_cookie(cookies: &CookieJar<'_>, token: String, release: bool) {
+    cookies.add(
+        Cookie::build((cookie_name(release), token))
+            .path("/")
+            .http_only(true)
+            .secure(release)
+            .same_site(SameSite::Lax)
+            .build(),
+    );
+}
+
+pub fn clear_cookie(cookies: &CookieJar<'_>, release: bool) {
+    cookies.remove(Cookie::build(cookie_name(release)).path("/").build());
+}
+
+/// The logged-in agent, if any; looked up once per request.
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for CurrentUser {
+    type Error = ();
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ()> {
+        let cached = req
+            .local_cache_async(async {
+                let config = req.rocket().state::<Config>()?;
+                let token = req
+                    .cookies()
+                    .get(cookie_name(config.release))?
+                    .value()
+                    .to_owned();
+                let db = req.rocket().state::<Db>()?;
+                let mut conn = db.get().await.ok()?;
+                find(&mut conn, &token, &config.settings.session, Utc::now())
+                    .await
+                    .ok()
+                    .flatten()
+            })
+            .await;
+        match cached {
+            Some(user) => Outcome::Success(user.clone()),
+            None => Outcome::Forward(rocket::http::Status::Unauthorized),
+        }
+    }
+}

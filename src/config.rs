@@ -1,0 +1,378 @@
+//! Typed settings, read from Rocket.toml (`[*.portal]`), `PORTAL_*` environment variables and
+//! `DATABASE_URL`, validated once at start with a message that names the faulty setting.
+
+use std::net::IpAddr;
+
+use base64::Engine;
+use rocket::figment::providers::{Env, Serialized};
+use rocket::figment::{Figment, Profile};
+use serde::{Deserialize, Serialize};
+
+/// The key used when none is configured, outside release only.
+pub const DEV_SECRET_KEY: &str = "ZGV2ZWxvcG1lbnQtb25seS1zZWNyZXQta2V5LTAwMDAwMDAwMDA=";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The address agents use to reach the portal; links in mails and the OpenID issuer use it.
+    pub public_url: String,
+    pub database_url: Option<String>,
+    /// Base64 of at least 32 random bytes: derives the CSRF, encryption and HMAC keys.
+    pub secret_key: Option<String>,
+    pub db: DbSettings,
+    pub mail: MailSettings,
+    pub session: SessionSettings,
+    pub metrics: MetricsSettings,
+    pub matrix: MatrixSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbSettings {
+    pub pool_size: usize,
+    pub timeout_secs: u64,
+    pub run_migrations: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransport {
+    Smtp,
+    File,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    None,
+    Starttls,
+    Tls,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailSettings {
+    pub transport: MailTransport,
+    pub from: String,
+    pub smtp_host: Option<String>,
+    pub smtp_port: Option<u16>,
+    pub smtp_security: SmtpSecurity,
+    pub smtp_user: Option<String>,
+    pub smtp_password: Option<String>,
+    pub smtp_timeout_secs: u64,
+    pub file_dir: String,
+    /// How often the worker looks for due mail (it is also woken when mail is queued).
+    pub poll_secs: u64,
+    /// A mail still not sent this long after it was queued is marked failed.
+    pub max_age_hours: i64,
+    /// First retry delay; doubles at each attempt, capped at one hour.
+    pub retry_base_secs: i64,
+    pub worker: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSettings {
+    pub idle_minutes: i64,
+    pub absolute_hours: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Client addresses allowed to read /metrics.
+    pub allow_ips: Vec<IpAddr>,
+    /// When set, a `Authorization: Bearer <token>` also grants access (from anywhere).
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixSettings {
+    /// The default homeserver for logins whose homeserver cannot be discovered.
+    pub homeserver: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            public_url: "http://127.0.0.1:8000".into(),
+            database_url: None,
+            secret_key: None,
+            db: DbSettings {
+                pool_size: 16,
+                timeout_secs: 5,
+                run_migrations: true,
+            },
+            mail: MailSettings {
+                transport: MailTransport::File,
+                from: "Portail Tchap <ne-pas-repondre@portail.localhost>".into(),
+                smtp_host: None,
+                smtp_port: None,
+                smtp_security: SmtpSecurity::Starttls,
+                smtp_user: None,
+                smtp_password: None,
+                smtp_timeout_secs: 10,
+                file_dir: ".run/mail-files".into(),
+                poll_secs: 5,
+                max_age_hours: 48,
+                retry_base_secs: 30,
+                worker: true,
+            },
+            session: SessionSettings {
+                idle_minutes: 30,
+                absolute_hours: 12,
+            },
+            metrics: MetricsSettings {
+                allow_ips: vec![
+                    "127.0.0.1".parse().expect("literal"),
+                    "::1".parse().expect("literal"),
+                ],
+                token: None,
+            },
+            matrix: MatrixSettings {
+                homeserver: "http://127.0.0.1:8008".into(),
+            },
+        }
+    }
+}
+
+/// Settings once validated, with the secrets decoded.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub settings: Settings,
+    pub release: bool,
+    pub database_url: String,
+    pub secret_key: Vec<u8>,
+    pub public_origin: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("setting `{setting}`: {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+/// Rocket's figment plus the portal's own sources.
+pub fn figment() -> Figment {
+    // Defaults first, then Rocket's own sources (Rocket.toml, ROCKET_*), then the portal's variables.
+    Figment::from(Serialized::defaults(Settings::default()).key("portal"))
+        .merge(rocket::Config::figment())
+        .merge(
+            Env::prefixed("PORTAL_")
+                .split("__")
+                .map(|k| format!("portal.{k}").into()),
+        )
+        .merge(
+            Env::raw()
+                .only(&["DATABASE_URL"])
+                .map(|_| "portal.database_url".into()),
+        )
+}
+
+impl Config {
+    pub fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
+        let settings: Settings = figment
+            .extract_inner("portal")
+            .map_err(|e| bad("portal", e.to_string()))?;
+        let release = *figment.profile() == Profile::const_new("release");
+        Config::validate(settings, release)
+    }
+
+    pub fn validate(settings: Settings, release: bool) -> Result<Config, ConfigError> {
+        let database_url = match settings.database_url.as_deref() {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                url.to_owned()
+            }
+            Some(_) => {
+                return Err(bad(
+                    "database_url",
+                    "must be a postgres:// URL (DATABASE_URL or PORTAL_DATABASE_URL)",
+                ))
+            }
+            None => {
+                return Err(bad(
+                    "database_url",
+                    "missing: set DATABASE_URL (scripts/run sets it for you)",
+                ))
+            }
+        };
+
+        let key_b64 = match (&settings.secret_key, release) {
+            (Some(k), _) => k.clone(),
+            (None, false) => DEV_SECRET_KEY.to_owned(),
+            (None, true) => {
+                return Err(bad(
+                    "secret_key",
+                    "missing: set PORTAL_SECRET_KEY to `openssl rand -base64 32`",
+                ))
+            }
+        };
+        if release && key_b64 == DEV_SECRET_KEY {
+            return Err(bad(
+                "secret_key",
+                "is the development key: generate one with `openssl rand -base64 32`",
+            ));
+        }
+        let secret_key = base64::engine::general_purpose::STANDARD
+            .decode(key_b64.trim())
+            .map_err(|_| bad("secret_key", "is not valid base64"))?;
+        if secret_key.len() < 32 {
+            return Err(bad("secret_key", "must decode to at least 32 bytes"));
+        }
+
+        let public_url = settings.public_url.trim_end_matches('/').to_owned();
+        let public_origin = origin_of(&public_url)
+            .ok_or_else(|| bad("public_url", "must be an absolute http(s) URL"))?;
+        if release && !public_url.starts_with("https://") {
+            return Err(bad("public_url", "must use https:// in release"));
+        }
+
+        let mail = &settings.mail;
+        if release && mail.transport != MailTransport::Smtp {
+            return Err(bad(
+                "mail.transport",
+                "must be `smtp` in release: the file transport delivers nothing",
+            ));
+        }
+        if mail.transport == MailTransport::Smtp {
+            let host = mail
+                .smtp_host
+                .as_deref()
+                .ok_or_else(|| bad("mail.smtp_host", "missing for the smtp transport"))?;
+            let loopback = host == "localhost"
+                || host
+                    .parse::<IpAddr>()
+                    .map(|ip| ip.is_loopback())
+                    .unwrap_or(false);
+            if release && mail.smtp_security == SmtpSecurity::None && !loopback {
+                return Err(bad(
+                    "mail.smtp_security",
+                    "`none` sends mail in clear over the network: use starttls or tls",
+                ));
+            }
+            if mail.smtp_user.is_some() != mail.smtp_password.is_some() {
+                return Err(bad(
+                    "mail.smtp_user",
+                    "smtp_user and smtp_password go together",
+                ));
+            }
+        }
+        if mail.from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(bad("mail.from", "is not a valid mailbox"));
+        }
+        if settings.db.pool_size == 0 {
+            return Err(bad("db.pool_size", "must be at least 1"));
+        }
+        if settings.session.idle_minutes <= 0 || settings.session.absolute_hours <= 0 {
+            return Err(bad("session", "lifetimes must be positive"));
+        }
+        if origin_of(&settings.matrix.homeserver).is_none() {
+            return Err(bad("matrix.homeserver", "must be an absolute http(s) URL"));
+        }
+
+        Ok(Config {
+            release,
+            database_url,
+            secret_key,
+            public_origin,
+            settings: Settings {
+                public_url,
+                ..settings
+            },
+        })
+    }
+
+    pub fn public_url(&self) -> &str {
+        &self.settings.public_url
+    }
+}
+
+/// `https://host[:port]` of an absolute http(s) URL.
+pub fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let host = rest.split(['/', '?', '#']).next()?;
+    if host.is_empty() {
+        return None;
+    }
+    Some(format!("{scheme}://{host}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release_ok() -> Settings {
+        let mut s = Settings {
+            public_url: "https://portail.example.gouv.fr".into(),
+            database_url: Some("postgres://db/portal".into()),
+            secret_key: Some("cmVhbGx5LXJhbmRvbS1rZXktZm9yLXRlc3RzLTAxMjM0NTY3ODk=".into()),
+            ..Settings::default()
+        };
+        s.mail.transport = MailTransport::Smtp;
+        s.mail.smtp_host = Some("smtp.example.gouv.fr".into());
+        s
+    }
+
+    #[test]
+    fn release_accepts_a_complete_configuration() {
+        assert!(Config::validate(release_ok(), true).is_ok());
+    }
+
+    #[test]
+    fn release_refusals_name_the_setting() {
+        type Change = Box<dyn Fn(&mut Settings)>;
+        let cases: Vec<(&str, Change)> = vec![
+            ("secret_key", Box::new(|s| s.secret_key = None)),
+            (
+                "secret_key",
+                Box::new(|s| s.secret_key = Some(DEV_SECRET_KEY.into())),
+            ),
+            (
+                "secret_key",
+                Box::new(|s| s.secret_key = Some("c2hvcnQ=".into())),
+            ),
+            (
+                "public_url",
+                Box::new(|s| s.public_url = "http://portail.example.gouv.fr".into()),
+            ),
+            ("database_url", Box::new(|s| s.database_url = None)),
+            (
+                "mail.transport",
+                Box::new(|s| s.mail.transport = MailTransport::File),
+            ),
+            ("mail.smtp_host", Box::new(|s| s.mail.smtp_host = None)),
+            (
+                "mail.smtp_security",
+                Box::new(|s| s.mail.smtp_security = SmtpSecurity::None),
+            ),
+        ];
+        for (setting, change) in cases {
+            let mut s = release_ok();
+            change(&mut s);
+            let err = Config::validate(s, true).expect_err(setting);
+            assert_eq!(err.setting, setting, "{err}");
+        }
+    }
+
+    #[test]
+    fn development_defaults_start() {
+        let s = Settings {
+            database_url: Some("postgres://localhost/portal".into()),
+            ..Settings::default()
+        };
+        let c = Config::validate(s, false).expect("dev defaults are valid");
+        assert_eq!(c.public_origin, "http://127.0.0.1:8000");
+    }
+}

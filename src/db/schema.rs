@@ -1,0 +1,38 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    outbox (id) {
+        id -> Int8,
+        message_id -> Text,
+        kind -> Text,
+        sender -> Text,
+        recipients -> Array<Nullable<Text>>,
+        raw -> Bytea,
+        status -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamptz,
+        sent_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    sessions (id) {
+        id -> Int8,
+        token_hash -> Bytea,
+        matrix_user_id -> Text,
+        device_id -> Text,
+        homeserver_url -> Text,
+        access_token_enc -> Bytea,
+        display_name -> Nullable<Text>,
+        emails -> Array<Nullable<Text>>,
+        auth_time -> Timestamptz,
+        amr -> Array<Nullable<Text>>,
+        created_at -> Timestamptz,
+        last_seen_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(outbox, sessions,);

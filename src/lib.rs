@@ -1,0 +1,62 @@
+//! Portail Tchap: Tchap Identité, AudioConf and Tchap Web léger behind one login, rendered on the
+//! server without JavaScript. [`build`] assembles the Rocket application from its parts.
+
+pub mod accounts;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod mail;
+pub mod web;
+
+use std::time::Duration;
+
+use rocket::fairing::AdHoc;
+use rocket::figment::Figment;
+use rocket::{Build, Rocket};
+
+use crate::config::{Config, ConfigError};
+use crate::crypto::Keys;
+use crate::db::Db;
+
+/// The application for `figment` (see [`config::figment`]); fails with the faulty setting named.
+pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
+    let config = Config::from_figment(&figment)?;
+    let db = Db::new(
+        &config.database_url,
+        config.settings.db.pool_size,
+        Duration::from_secs(config.settings.db.timeout_secs),
+    )
+    .map_err(|e| ConfigError {
+        setting: "database_url",
+        problem: e,
+    })?;
+    let migrate = config.settings.db.run_migrations;
+    let url = config.database_url.clone();
+    Ok(rocket::custom(figment)
+        .manage(Keys::new(&config.secret_key))
+        .manage(db)
+        .attach(AdHoc::try_on_ignite(
+            "Migrations",
+            move |rocket| async move {
+                if !migrate {
+                    return Ok(rocket);
+                }
+                match db::migrate(&url).await {
+                    Ok(applied) => {
+                        if !applied.is_empty() {
+                            tracing::info!(?applied, "migrations applied");
+                        }
+                        Ok(rocket)
+                    }
+                    Err(e) => {
+                        tracing::error!("database: {e}");
+                        eprintln!("error: database: {e}");
+                        Err(rocket)
+                    }
+                }
+            },
+        ))
+        .attach(web::stage(&config))
+        .attach(mail::stage(&config))
+        .manage(config))
+}

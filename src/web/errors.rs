@@ -1,0 +1,110 @@
+//! Error pages (DSFR, in the visitor's language, no internals) and the `AppError` that handlers return.
+
+use rocket::http::Status;
+use rocket::response::Responder;
+use rocket::{catch, catchers, Catcher, Request};
+use rocket_dyn_templates::Template;
+use serde_json::json;
+
+use crate::db::DbError;
+use crate::web::i18n::Lang;
+use crate::web::page::{base_context, current_path, merge};
+
+/// What a handler can fail with; each maps to one status and its error page.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("not found")]
+    NotFound,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("database: {0}")]
+    Db(#[from] DbError),
+    #[error("query: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl AppError {
+    pub fn status(&self) -> Status {
+        match self {
+            AppError::NotFound => Status::NotFound,
+            AppError::Forbidden => Status::Forbidden,
+            AppError::Db(DbError::Unavailable(_)) => Status::ServiceUnavailable,
+            AppError::Db(DbError::Query(diesel::result::Error::NotFound)) => Status::NotFound,
+            AppError::Query(diesel::result::Error::NotFound) => Status::NotFound,
+            AppError::Db(_) | AppError::Query(_) | AppError::Internal(_) => {
+                Status::InternalServerError
+            }
+        }
+    }
+}
+
+impl From<crate::crypto::CryptoError> for AppError {
+    fn from(e: crate::crypto::CryptoError) -> Self {
+        AppError::Internal(e.to_string())
+    }
+}
+
+impl<'r> Responder<'r, 'static> for AppError {
+    fn respond_to(self, req: &'r Request<'_>) -> rocket::response::Result<'static> {
+        let status = self.status();
+        if status.code >= 500 {
+            tracing::error!(path = %req.uri().path(), error = %self, "request failed");
+        }
+        Err(status)
+    }
+}
+
+/// Renders the error page for `status`.
+pub fn error_page(status: Status, req: &Request<'_>) -> Template {
+    let lang = Lang::of_request(req);
+    let code = match status.code {
+        400 | 403 | 404 | 422 | 429 | 503 => status.code,
+        c if c >= 500 => 500,
+        _ => 400,
+    };
+    let mut ctx = base_context(lang, "", &current_path(req), None);
+    merge(
+        &mut ctx,
+        json!({
+            "status": status.code,
+            "key": format!("error.{code}"),
+        }),
+    );
+    Template::render("errors/error", ctx)
+}
+
+macro_rules! catcher {
+    ($name:ident, $code:literal) => {
+        #[catch($code)]
+        fn $name(req: &Request<'_>) -> Template {
+            error_page(Status::new($code), req)
+        }
+    };
+}
+catcher!(bad_request, 400);
+catcher!(forbidden, 403);
+catcher!(not_found, 404);
+catcher!(unprocessable, 422);
+catcher!(too_many, 429);
+catcher!(internal, 500);
+catcher!(unavailable, 503);
+
+#[catch(default)]
+fn other(status: Status, req: &Request<'_>) -> (Status, Template) {
+    (status, error_page(status, req))
+}
+
+pub fn catchers() -> Vec<Catcher> {
+    catchers![
+        bad_request,
+        forbidden,
+        not_found,
+        unprocessable,
+        too_many,
+        internal,
+        unavailable,
+        other
+    ]
+}

@@ -1,0 +1,182 @@
+//! One structured log line per request, and Prometheus metrics (requests and latency by route,
+//! outbox pending/failed) on `/metrics`, restricted to configured addresses or a bearer token.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use rocket::fairing::{Fairing, Info, Kind};
+use rocket::http::{ContentType, Status};
+use rocket::request::{FromRequest, Outcome};
+use rocket::{Data, Request, Response, State};
+
+use crate::config::Config;
+use crate::db::Db;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+#[derive(Default)]
+struct Series {
+    count: u64,
+    sum: f64,
+    buckets: [u64; BUCKETS.len()],
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    by_route: Mutex<BTreeMap<(String, String, u16), Series>>,
+}
+
+impl Metrics {
+    fn observe(&self, method: &str, route: &str, status: u16, secs: f64) {
+        let Ok(mut map) = self.by_route.lock() else {
+            return;
+        };
+        let s = map
+            .entry((method.to_owned(), route.to_owned(), status))
+            .or_default();
+        s.count += 1;
+        s.sum += secs;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                s.buckets[i] += 1;
+            }
+        }
+    }
+
+    pub fn render(&self, outbox: &[(String, i64)]) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP portal_http_requests_total HTTP requests by route and status.\n");
+        out.push_str("# TYPE portal_http_requests_total counter\n");
+        let map = match self.by_route.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        for ((m, r, st), s) in map.iter() {
+            let _ = writeln!(
+                out,
+                "portal_http_requests_total{{method=\"{m}\",route=\"{r}\",status=\"{st}\"}} {}",
+                s.count
+            );
+        }
+        out.push_str("# HELP portal_http_request_duration_seconds Time to answer, by route.\n");
+        out.push_str("# TYPE portal_http_request_duration_seconds histogram\n");
+        for ((m, r, st), s) in map.iter() {
+            let labels = format!("method=\"{m}\",route=\"{r}\",status=\"{st}\"");
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "portal_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {}",
+                    s.buckets[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "portal_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                s.count
+            );
+            let _ = writeln!(
+                out,
+                "portal_http_request_duration_seconds_sum{{{labels}}} {}",
+                s.sum
+            );
+            let _ = writeln!(
+                out,
+                "portal_http_request_duration_seconds_count{{{labels}}} {}",
+                s.count
+            );
+        }
+        out.push_str("# HELP portal_outbox_mails Mails in the outbox by status.\n");
+        out.push_str("# TYPE portal_outbox_mails gauge\n");
+        for (status, n) in outbox {
+            let _ = writeln!(out, "portal_outbox_mails{{status=\"{status}\"}} {n}");
+        }
+        out
+    }
+}
+
+/// Times each request and writes its log line and metrics.
+pub struct RequestLog;
+
+struct Started(Instant);
+
+#[rocket::async_trait]
+impl Fairing for RequestLog {
+    fn info(&self) -> Info {
+        Info {
+            name: "Request log and metrics",
+            kind: Kind::Request | Kind::Response,
+        }
+    }
+
+    async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
+        req.local_cache(|| Started(Instant::now()));
+    }
+
+    async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
+        let started = req.local_cache(|| Started(Instant::now())).0;
+        let secs = started.elapsed().as_secs_f64();
+        // The route's template (`/room/<id>`), never the raw path: paths may carry tokens.
+        let route = req
+            .route()
+            .map(|r| r.uri.origin.path().to_string())
+            .unwrap_or_else(|| "unmatched".into());
+        let status = res.status().code;
+        tracing::info!(
+            target: "request",
+            method = %req.method(),
+            route = %route,
+            status,
+            duration_ms = secs * 1000.0,
+        );
+        if let Some(m) = req.rocket().state::<Metrics>() {
+            m.observe(req.method().as_str(), &route, status, secs);
+        }
+    }
+}
+
+/// Access to /metrics: a configured address, or the bearer token.
+pub struct MetricsAccess;
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for MetricsAccess {
+    type Error = ();
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ()> {
+        let Some(config) = req.rocket().state::<Config>() else {
+            return Outcome::Error((Status::InternalServerError, ()));
+        };
+        let m = &config.settings.metrics;
+        let by_ip = req
+            .client_ip()
+            .is_some_and(|ip: IpAddr| m.allow_ips.contains(&ip));
+        let by_token = m.token.as_deref().is_some_and(|t| {
+            req.headers()
+                .get_one("Authorization")
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .is_some_and(|given| {
+                    crate::crypto::constant_time_eq(given.as_bytes(), t.as_bytes())
+                })
+        });
+        if by_ip || by_token {
+            Outcome::Success(MetricsAccess)
+        } else {
+            Outcome::Error((Status::Forbidden, ()))
+        }
+    }
+}
+
+#[rocket::get("/metrics")]
+pub async fn metrics(
+    _access: MetricsAccess,
+    metrics: &State<Metrics>,
+    db: &State<Db>,
+) -> (ContentType, String) {
+    let outbox = crate::mail::outbox_counts(db).await.unwrap_or_default();
+    (
+        ContentType::new("text", "plain").with_params(("version", "0.0.4")),
+        metrics.render(&outbox),
+    )
+}

@@ -1,0 +1,54 @@
+//! Web plumbing shared by every part: pages, CSRF, security headers, errors, translations, metrics.
+
+pub mod csrf;
+pub mod errors;
+pub mod headers;
+pub mod health;
+pub mod i18n;
+pub mod metrics;
+pub mod page;
+pub mod pages;
+
+use rocket::fairing::AdHoc;
+use rocket::fs::FileServer;
+use rocket_dyn_templates::Template;
+
+use crate::config::Config;
+use crate::crypto::Keys;
+
+pub fn stage(config: &Config) -> AdHoc {
+    let csrf = csrf::CsrfFairing {
+        keys: Keys::new(&config.secret_key),
+        release: config.release,
+        public_origin: config.public_origin.clone(),
+    };
+    let headers = headers::SecurityHeaders {
+        release: config.release,
+    };
+    AdHoc::on_ignite("Web", move |rocket| async move {
+        rocket
+            .attach(metrics::RequestLog)
+            .attach(csrf)
+            .attach(headers)
+            .attach(Template::custom(|engines| {
+                engines.tera.register_function("t", i18n::TeraT);
+            }))
+            .manage(metrics::Metrics::default())
+            .mount(
+                "/",
+                rocket::routes![
+                    pages::home,
+                    pages::accessibility,
+                    pages::legal,
+                    pages::sitemap,
+                    pages::switch_language,
+                    health::healthz,
+                    health::readyz,
+                    metrics::metrics,
+                    csrf::rejected,
+                ],
+            )
+            .mount("/public", FileServer::from("public").rank(20))
+            .register("/", errors::catchers())
+    })
+}

@@ -1,0 +1,82 @@
+//! What every page needs: the visitor's language, a CSRF token for its forms, the current path
+//! (for the language switch) and the logged-in agent, merged into each template's context.
+
+use chrono::Utc;
+use rocket::request::{FromRequest, Outcome, Request};
+use rocket_dyn_templates::Template;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::accounts::session::CurrentUser;
+use crate::config::Config;
+use crate::crypto::Keys;
+use crate::web::csrf;
+use crate::web::i18n::Lang;
+
+pub struct Ctx {
+    pub lang: Lang,
+    pub csrf: String,
+    pub path: String,
+    pub user: Option<CurrentUser>,
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Ctx {
+    type Error = std::convert::Infallible;
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        let lang = Lang::of_request(req);
+        let csrf = match (req.rocket().state::<Keys>(), req.rocket().state::<Config>()) {
+            (Some(keys), Some(config)) => {
+                csrf::token_for(req.cookies(), keys, config.release, Utc::now())
+            }
+            _ => String::new(),
+        };
+        let user = req
+            .guard::<Option<CurrentUser>>()
+            .await
+            .succeeded()
+            .flatten();
+        Outcome::Success(Ctx {
+            lang,
+            csrf,
+            path: current_path(req),
+            user,
+        })
+    }
+}
+
+/// The path and query of the request, to come back to after switching language.
+pub fn current_path(req: &Request<'_>) -> String {
+    req.uri().to_string()
+}
+
+/// The context every template gets, for pages and error pages alike.
+pub fn base_context(lang: Lang, csrf: &str, path: &str, user: Option<&CurrentUser>) -> Value {
+    json!({
+        "lang": lang.code(),
+        "csrf_token": csrf,
+        "path": path,
+        "user": user.map(|u| json!({
+            "matrix_user_id": u.matrix_user_id,
+            "display_name": u.display_name,
+        })),
+    })
+}
+
+impl Ctx {
+    pub fn render(&self, template: &'static str, page: impl Serialize) -> Template {
+        let mut ctx = base_context(self.lang, &self.csrf, &self.path, self.user.as_ref());
+        merge(&mut ctx, serde_json::to_value(page).unwrap_or(Value::Null));
+        Template::render(template, ctx)
+    }
+
+    pub fn t(&self, key: &str) -> &'static str {
+        self.lang.t(key)
+    }
+}
+
+pub fn merge(base: &mut Value, extra: Value) {
+    if let (Value::Object(b), Value::Object(e)) = (base, extra) {
+        b.extend(e);
+    }
+}

@@ -1,0 +1,118 @@
+//! Pages in a real browser with JavaScript off (headless Debian Chromium), audited by axe-core.
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::common::{env, figment, free_port, TestDb};
+
+/// Serves the portal on a real port for the browser; returns its base URL.
+pub async fn serve() -> (String, TestDb) {
+    let db = TestDb::new().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let fig = figment(&db)
+        .merge(("port", port))
+        .merge(("portal.public_url", base.clone()));
+    let rocket = tchap_portal::build(fig)
+        .expect("settings")
+        .ignite()
+        .await
+        .expect("ignite");
+    rocket::tokio::spawn(rocket.launch());
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        rocket::tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    (base, db)
+}
+
+/// Runs the browser over `steps` ([name, path]) and returns its report, one entry per page.
+pub fn browse(base: &str, steps: &[(&str, &str)]) -> Vec<Value> {
+    let out = std::path::Path::new(&env("IT_ARTIFACTS")).join("screenshots");
+    std::fs::create_dir_all(&out).expect("screenshot folder");
+    let spec = json!({
+        "base": base,
+        "out": out,
+        "steps": steps.iter().map(|(n, p)| json!({"name": n, "path": p})).collect::<Vec<_>>(),
+    });
+    let output = Command::new("node")
+        .arg("tests/browser/audit.cjs")
+        .arg(spec.to_string())
+        .env("NODE_PATH", env("IT_NODE_PATH"))
+        .env("IT_CHROMIUM", env("IT_CHROMIUM"))
+        .output()
+        .expect("run node");
+    assert!(
+        output.status.success(),
+        "browser run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("screenshots: {}", out.display());
+    serde_json::from_slice(&output.stdout).expect("browser report")
+}
+
+/// Fails naming the page and the rule for every problem found.
+pub fn assert_accessible(report: &[Value]) {
+    let mut problems = Vec::new();
+    for page in report {
+        let name = page["name"].as_str().unwrap_or("?");
+        for v in page["violations"].as_array().into_iter().flatten() {
+            problems.push(format!(
+                "{name}: axe {} ({}) at {}",
+                v["id"], v["help"], v["nodes"]
+            ));
+        }
+        if page["scrollWidth320"].as_i64() > page["clientWidth320"].as_i64() {
+            problems.push(format!(
+                "{name}: scrolls horizontally at 320 px ({} > {})",
+                page["scrollWidth320"], page["clientWidth320"]
+            ));
+        }
+        if page["scripts"].as_i64() != Some(0) {
+            problems.push(format!("{name}: has <script> elements"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "accessibility problems:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[rocket::async_test]
+async fn home_error_page_and_language_switch_in_chromium_without_javascript() {
+    let (base, _db) = serve().await;
+    let report = rocket::tokio::task::spawn_blocking(move || {
+        browse(
+            &base,
+            &[
+                ("home-fr", "/"),
+                ("not-found", "/page/qui/n/existe/pas"),
+                ("home-en", "/langue/en?next=%2F"),
+                ("sitemap-en", "/plan-du-site"),
+                ("accessibility-en", "/accessibilite"),
+                ("legal-fr", "/langue/fr?next=%2Fmentions-legales"),
+            ],
+        )
+    })
+    .await
+    .expect("browser");
+    let by_name = |n: &str| report.iter().find(|p| p["name"] == n).expect(n).clone();
+    assert_eq!(by_name("home-fr")["title"], "Accueil — Portail Tchap");
+    assert_eq!(by_name("not-found")["status"], 404);
+    assert_eq!(
+        by_name("not-found")["title"],
+        "Page non trouvée — Portail Tchap"
+    );
+    // The switch is a plain link: it works with JavaScript off, and the choice sticks.
+    assert_eq!(by_name("home-en")["title"], "Home — Tchap Portal");
+    assert_eq!(by_name("sitemap-en")["title"], "Site map — Tchap Portal");
+    assert_eq!(
+        by_name("legal-fr")["title"],
+        "Mentions légales — Portail Tchap"
+    );
+    assert_accessible(&report);
+}

@@ -1,0 +1,163 @@
+//! The test kit: a database per test (copied from the migrated template that scripts/test makes),
+//! real SMTP servers (aiosmtpd) a test can stop and restart, and the portal under test.
+
+#![allow(dead_code)]
+
+pub mod smtp;
+
+use std::net::TcpListener;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use rocket::figment::Figment;
+use rocket::local::asynchronous::Client;
+use tchap_portal::db::Db;
+
+pub fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with scripts/test"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn admin_url() -> String {
+    env("IT_ADMIN_URL")
+}
+
+/// A database of its own, dropped when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = format!(
+            "t_{}",
+            tchap_portal::crypto::random_token(9)
+                .expect("rand")
+                .to_lowercase()
+                .replace(['-', '_'], "x")
+        );
+        let mut admin = AsyncPgConnection::establish(&admin_url())
+            .await
+            .expect("admin connection");
+        diesel::sql_query(format!(
+            "CREATE DATABASE \"{name}\" TEMPLATE \"{}\"",
+            env("IT_TEMPLATE")
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+        let url = admin_url()
+            .rsplit_once('/')
+            .map(|(base, _)| format!("{base}/{name}"))
+            .expect("url");
+        TestDb { name, url }
+    }
+
+    pub async fn drop_now(&self) {
+        let mut admin = AsyncPgConnection::establish(&admin_url())
+            .await
+            .expect("admin connection");
+        diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("drop the test database");
+    }
+
+    pub async fn conn(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.url)
+            .await
+            .expect("test database connection")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async: a thread with its own runtime does the cleanup.
+        let _ = std::thread::spawn(move || {
+            let rt = rocket::tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut admin = AsyncPgConnection::establish(&admin_url()).await.ok()?;
+                diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// The portal's settings for a test: its database, no mail worker unless asked.
+pub fn figment(db: &TestDb) -> Figment {
+    tchap_portal::config::figment()
+        .merge(("portal.database_url", db.url.clone()))
+        .merge(("portal.db.pool_size", 4))
+        .merge(("portal.db.run_migrations", false))
+        .merge(("portal.mail.worker", false))
+        .merge((
+            "portal.mail.file_dir",
+            std::env::temp_dir()
+                .join("tchap-portal-test-mail")
+                .display()
+                .to_string(),
+        ))
+}
+
+pub struct TestApp {
+    pub db: TestDb,
+    pub client: Client,
+}
+
+impl TestApp {
+    pub async fn new() -> TestApp {
+        let db = TestDb::new().await;
+        let fig = figment(&db);
+        TestApp::with_figment(db, fig).await
+    }
+
+    pub async fn with_figment(db: TestDb, figment: Figment) -> TestApp {
+        let rocket = tchap_portal::build(figment)
+            .expect("valid test settings")
+            .mount("/test", rocket::routes![status]);
+        let client = Client::tracked(rocket).await.expect("the portal starts");
+        TestApp { db, client }
+    }
+
+    pub fn pool(&self) -> &Db {
+        self.client.rocket().state::<Db>().expect("pool")
+    }
+}
+
+/// Answers any status, to reach every catcher (mounted by the tests only).
+#[rocket::get("/status/<code>")]
+fn status(code: u16) -> rocket::http::Status {
+    rocket::http::Status::new(code)
+}
+
+/// The value of the CSRF hidden field in a page, as a browser would submit it.
+pub fn csrf_token(html: &str) -> String {
+    let marker = "name=\"csrf_token\" value=\"";
+    let start = html.find(marker).expect("a CSRF field in the page") + marker.len();
+    html[start..].split('"').next().expect("token").to_owned()
+}
+
+/// The text of the page's `<title>`.
+pub fn title(html: &str) -> String {
+    let start = html.find("<title>").expect("a <title>") + "<title>".len();
+    let end = html[start..].find("</title>").expect("</title>") + start;
+    html[start..end].trim().to_owned()
+}

@@ -1,0 +1,8 @@
+//! One integration-test binary for the whole portal (one link step, one place to look).
+//! Run through scripts/test, which starts the real services these tests use.
+
+mod browser;
+mod common;
+mod mail;
+mod sessions;
+mod web;

@@ -1,0 +1,413 @@
+//! Web plumbing as a visitor meets it: pages, language, security headers, error pages, CSRF, health.
+
+use rocket::http::{ContentType, Header, Method, Status};
+use tchap_portal::web::csrf;
+use tchap_portal::web::headers::CSP;
+
+use crate::common::{title, TestApp};
+
+fn assert_security_headers(res: &rocket::local::asynchronous::LocalResponse<'_>, what: &str) {
+    let h = res.headers();
+    assert_eq!(
+        h.get_one("Content-Security-Policy"),
+        Some(CSP),
+        "{what}: CSP"
+    );
+    assert!(CSP.contains("script-src 'none'"));
+    assert_eq!(
+        h.get_one("X-Content-Type-Options"),
+        Some("nosniff"),
+        "{what}"
+    );
+    assert_eq!(h.get_one("Referrer-Policy"), Some("same-origin"), "{what}");
+    assert!(
+        h.get_one("Permissions-Policy")
+            .is_some_and(|p| p.contains("camera=()")),
+        "{what}"
+    );
+    assert_eq!(h.get_one("X-Frame-Options"), Some("DENY"), "{what}");
+}
+
+#[rocket::async_test]
+async fn home_is_a_dsfr_page_in_french_with_the_three_services() {
+    let app = TestApp::new().await;
+    let res = app.client.get("/").dispatch().await;
+    assert_eq!(res.status(), Status::Ok);
+    assert_security_headers(&res, "home");
+    let html = res.into_string().await.expect("body");
+    assert!(html.starts_with("<!doctype html>\n<html lang=\"fr\""));
+    assert!(!html.to_lowercase().contains("<script"));
+    assert_eq!(title(&html), "Accueil — Portail Tchap");
+    assert_eq!(html.matches("<h1").count(), 1);
+    for service in ["Tchap Identité", "AudioConf", "Tchap Web léger"] {
+        assert!(html.contains(service), "{service} is listed");
+    }
+    // Services not built yet say so, and link nowhere.
+    assert!(html.contains("Pas encore disponible"));
+    for link in [
+        "href=\"#contenu\"",
+        "href=\"#pied-de-page\"",
+        "href=\"/accessibilite\"",
+        "href=\"/mentions-legales\"",
+        "href=\"/plan-du-site\"",
+        "/public/dsfr/dsfr.min.css",
+    ] {
+        assert!(html.contains(link), "{link}");
+    }
+}
+
+#[rocket::async_test]
+async fn every_linked_page_exists_with_its_own_title() {
+    let app = TestApp::new().await;
+    let mut titles = Vec::new();
+    for path in ["/", "/accessibilite", "/mentions-legales", "/plan-du-site"] {
+        let res = app.client.get(path).dispatch().await;
+        assert_eq!(res.status(), Status::Ok, "{path}");
+        let html = res.into_string().await.expect("body");
+        assert_eq!(html.matches("<h1").count(), 1, "{path}: one h1");
+        titles.push(title(&html));
+        for href in html
+            .split("href=\"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+        {
+            if href.starts_with('/') && !href.starts_with("/langue/") {
+                let status = app.client.get(href.to_owned()).dispatch().await.status();
+                assert_eq!(status, Status::Ok, "{path} links to {href}");
+            }
+        }
+    }
+    let mut unique = titles.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), titles.len(), "titles are unique: {titles:?}");
+}
+
+#[rocket::async_test]
+async fn language_follows_the_switch_then_the_browser() {
+    let app = TestApp::new().await;
+    let html = app
+        .client
+        .get("/")
+        .header(Header::new("Accept-Language", "en-GB,en;q=0.9,fr;q=0.5"))
+        .dispatch()
+        .await
+        .into_string()
+        .await
+        .expect("body");
+    assert!(html.contains("<html lang=\"en\""));
+    assert_eq!(title(&html), "Home — Tchap Portal");
+
+    let res = app
+        .client
+        .get("/langue/fr?next=/plan-du-site")
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::SeeOther);
+    assert_eq!(res.headers().get_one("Location"), Some("/plan-du-site"));
+    // The cookie now wins over the browser's preference.
+    let html = app
+        .client
+        .get("/plan-du-site")
+        .header(Header::new("Accept-Language", "en"))
+        .dispatch()
+        .await
+        .into_string()
+        .await
+        .expect("body");
+    assert!(html.contains("<html lang=\"fr\""));
+    assert!(html.contains("Plan du site"));
+
+    // The switch never sends anyone off-site.
+    for next in [
+        "//evil.example/",
+        "https://evil.example/",
+        "/\\evil.example",
+    ] {
+        let res = app
+            .client
+            .get(format!("/langue/en?next={}", next.replace('/', "%2F")))
+            .dispatch()
+            .await;
+        assert_eq!(res.headers().get_one("Location"), Some("/"), "{next}");
+    }
+}
+
+#[rocket::async_test]
+async fn error_pages_are_dsfr_pages_in_the_visitors_language() {
+    let app = TestApp::new().await;
+    let expected = [
+        (400, "Requête incorrecte", "Bad request"),
+        (403, "Accès refusé", "Access denied"),
+        (404, "Page non trouvée", "Page not found"),
+        (422, "Données invalides", "Invalid data"),
+        (429, "Trop de demandes", "Too many requests"),
+        (500, "Erreur inattendue", "Unexpected error"),
+        (
+            503,
+            "Service momentanément indisponible",
+            "Service temporarily unavailable",
+        ),
+    ];
+    for (code, fr, en) in expected {
+        for (lang, heading) in [("fr", fr), ("en", en)] {
+            let res = app
+                .client
+                .get(format!("/test/status/{code}"))
+                .header(Header::new("Accept-Language", lang))
+                .dispatch()
+                .await;
+            assert_eq!(res.status().code, code);
+            assert_security_headers(&res, &format!("error {code}"));
+            assert_eq!(res.content_type(), Some(ContentType::HTML), "{code}");
+            let html = res.into_string().await.expect("body");
+            assert!(
+                html.contains(&format!("<h1>{heading}</h1>")),
+                "{code} {lang}: {html}"
+            );
+            assert!(html.contains("class=\"fr-header\""), "{code}: DSFR layout");
+            assert!(html.contains(&format!("lang=\"{lang}\"")));
+        }
+    }
+    let res = app.client.get("/no/such/page").dispatch().await;
+    assert_eq!(res.status(), Status::NotFound);
+    assert!(res
+        .into_string()
+        .await
+        .expect("body")
+        .contains("Page non trouvée"));
+}
+
+#[rocket::async_test]
+async fn every_post_route_refuses_a_missing_or_wrong_csrf_token() {
+    let app = TestApp::new().await;
+    let posts: Vec<String> = app
+        .client
+        .rocket()
+        .routes()
+        .filter(|r| r.method == Method::Post)
+        .map(|r| r.uri.origin.path().to_string())
+        .filter(|p| !csrf::EXEMPT.contains(&p.as_str()))
+        .collect();
+    assert!(!posts.is_empty(), "the portal has POST forms to protect");
+    for template in posts {
+        // Dynamic segments get a plausible value.
+        let path: String = template
+            .split('/')
+            .map(|seg| if seg.starts_with('<') { "x" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        for body in ["", "csrf_token=&a=b", "csrf_token=1.forged&a=b"] {
+            let res = app
+                .client
+                .post(path.clone())
+                .header(ContentType::Form)
+                .body(body)
+                .dispatch()
+                .await;
+            assert_eq!(res.status(), Status::Forbidden, "POST {path} with `{body}`");
+            let html = res.into_string().await.expect("body");
+            assert!(
+                html.contains("Accès refusé") && html.contains("fr-header"),
+                "POST {path}: DSFR 403 page"
+            );
+        }
+    }
+}
+
+#[rocket::async_test]
+async fn health_and_readiness_follow_the_database() {
+    let app = TestApp::new().await;
+    assert_eq!(
+        app.client.get("/healthz").dispatch().await.status(),
+        Status::Ok
+    );
+    assert_eq!(
+        app.client.get("/readyz").dispatch().await.status(),
+        Status::Ok
+    );
+    // The database goes away (its connections are cut): the portal is alive but not ready.
+    app.db.drop_now().await;
+    let res = app.client.get("/readyz").dispatch().await;
+    assert_eq!(res.status(), Status::ServiceUnavailable);
+    assert_eq!(
+        app.client.get("/healthz").dispatch().await.status(),
+        Status::Ok
+    );
+}
+
+#[rocket::async_test]
+async fn metrics_are_for_operators_only() {
+    let app = TestApp::new().await;
+    app.client.get("/").dispatch().await;
+    let res = app
+        .client
+        .get("/metrics")
+        .remote("203.0.113.9:5000".parse().expect("addr"))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::Forbidden);
+    let res = app
+        .client
+        .get("/metrics")
+        .remote("127.0.0.1:5000".parse().expect("addr"))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::Ok);
+    let text = res.into_string().await.expect("body");
+    assert!(
+        text.contains("portal_http_requests_total{method=\"GET\",route=\"/\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("portal_http_request_duration_seconds_bucket"));
+}
+
+#[rocket::async_test]
+async fn static_files_are_served_and_cached() {
+    let app = TestApp::new().await;
+    let res = app.client.get("/public/css/portal.css").dispatch().await;
+    assert_eq!(res.status(), Status::Ok);
+    assert_eq!(
+        res.headers().get_one("Cache-Control"),
+        Some("public, max-age=86400")
+    );
+    let res = app.client.get("/public/dsfr/dsfr.min.css").dispatch().await;
+    assert_eq!(
+        res.status(),
+        Status::Ok,
+        "scripts/vendor installed the DSFR"
+    );
+}
+
+/// Every `t(key="…")` used in a template exists in both catalogs, and both have the same keys.
+#[test]
+fn translation_catalogs_are_complete() {
+    use tchap_portal::web::i18n::{catalog, Lang};
+    let fr = catalog(Lang::Fr);
+    let en = catalog(Lang::En);
+    let only_fr: Vec<_> = fr.keys().filter(|k| !en.contains_key(*k)).collect();
+    let only_en: Vec<_> = en.keys().filter(|k| !fr.contains_key(*k)).collect();
+    assert!(
+        only_fr.is_empty() && only_en.is_empty(),
+        "missing in en: {only_fr:?}; missing in fr: {only_en:?}"
+    );
+    for (k, v) in fr.iter().chain(en.iter()) {
+        assert!(!v.trim().is_empty(), "{k} is empty");
+    }
+    let mut missing = Vec::new();
+    for file in template_files() {
+        let src = std::fs::read_to_string(&file).expect("template");
+        for key in src
+            .split("t(key=\"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+        {
+            if !fr.contains_key(key) {
+                missing.push(format!("{}: {key}", file.display()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "keys used but not translated: {missing:?}"
+    );
+}
+
+pub fn template_files() -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("templates dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "tera") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(std::path::Path::new("templates"), &mut out);
+    out.sort();
+    out
+}
+
+/// Every page template renders in both languages with sample data; a template without a sample
+/// here fails the test, so new templates are covered.
+#[rocket::async_test]
+async fn every_template_renders_with_sample_data() {
+    use rocket_dyn_templates::Template;
+    use serde_json::json;
+    use tchap_portal::mail::Mailer;
+
+    let app = TestApp::new().await;
+    let user =
+        json!({"matrix_user_id": "@alice:localhost", "display_name": "Alice Martin [DINUM]"});
+    let samples: Vec<(&str, serde_json::Value)> = vec![
+        ("home", json!({})),
+        ("pages/accessibility", json!({})),
+        ("pages/legal", json!({})),
+        ("pages/sitemap", json!({})),
+        ("errors/error", json!({"status": 404, "key": "error.404"})),
+    ];
+    let layouts = ["base", "partials/header", "partials/footer"];
+    let mail_templates = ["test"];
+    let mail_samples = json!({"to": "alice@example.gouv.fr"});
+
+    for file in template_files() {
+        let name = file
+            .strip_prefix("templates")
+            .expect("under templates")
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .split('.')
+            .next()
+            .expect("name")
+            .to_owned();
+        let covered = samples.iter().any(|(n, _)| *n == name)
+            || layouts.contains(&name.as_str())
+            || name == "email/html/base"
+            || mail_templates
+                .iter()
+                .any(|m| name == format!("email/html/{m}") || name == format!("email/text/{m}"));
+        assert!(covered, "template {name} has no sample in this test");
+    }
+    for (name, page) in &samples {
+        for lang in ["fr", "en"] {
+            for u in [serde_json::Value::Null, user.clone()] {
+                let mut ctx =
+                    json!({"lang": lang, "csrf_token": "t0k3n", "path": "/x?y=1", "user": u});
+                tchap_portal::web::page::merge(&mut ctx, page.clone());
+                let html = Template::show(app.client.rocket(), *name, ctx)
+                    .unwrap_or_else(|| panic!("{name} ({lang}) renders"));
+                assert!(html.contains(&format!("<html lang=\"{lang}\"")), "{name}");
+                assert!(!html.to_lowercase().contains("<script"), "{name}");
+            }
+        }
+    }
+    let mailer = app.client.rocket().state::<Mailer>().expect("mailer");
+    for m in mail_templates {
+        for lang in tchap_portal::web::i18n::Lang::ALL {
+            let html = mailer
+                .render(&format!("email/html/{m}"), lang, &mail_samples)
+                .expect("html part");
+            let text = mailer
+                .render(&format!("email/text/{m}"), lang, &mail_samples)
+                .expect("text part");
+            assert!(
+                html.contains("alice@example.gouv.fr") && text.contains("alice@example.gouv.fr")
+            );
+        }
+    }
+}
+
+/// Values shown in pages are escaped: a user's display name cannot inject markup.
+#[rocket::async_test]
+async fn page_values_are_html_escaped() {
+    use rocket_dyn_templates::Template;
+    let app = TestApp::new().await;
+    let ctx = serde_json::json!({"lang": "fr", "csrf_token": "", "path": "/\"><b>x",
+        "user": {"matrix_user_id": "@a:b", "display_name": "<img src=x onerror=alert(1)>"}});
+    let html = Template::show(app.client.rocket(), "home", ctx).expect("renders");
+    assert!(!html.contains("<img src=x"));
+    assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"));
+    assert!(!html.contains("\"><b>x"));
+}
