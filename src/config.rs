@@ -24,6 +24,7 @@ pub struct Settings {
     pub session: SessionSettings,
     pub metrics: MetricsSettings,
     pub matrix: MatrixSettings,
+    pub accounts: AccountsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -91,6 +92,22 @@ pub struct MetricsSettings {
 pub struct MatrixSettings {
     /// The default homeserver for logins whose homeserver cannot be discovered.
     pub homeserver: String,
+    /// The server name of the default homeserver (the part after `:` in its Matrix IDs).
+    pub server_name: String,
+    /// Homeservers asked `/_matrix/identity/api/v1/info` to find an email's homeserver, as Tchap does.
+    pub discovery_homeservers: Vec<String>,
+    /// Every call to a homeserver gives up after this long.
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountsSettings {
+    /// Failed logins allowed per account and per address within the window.
+    pub max_failures: i64,
+    pub failure_window_minutes: i64,
+    /// The device name shown in the agent's Tchap sessions list.
+    pub device_name: String,
 }
 
 impl Default for Settings {
@@ -132,6 +149,14 @@ impl Default for Settings {
             },
             matrix: MatrixSettings {
                 homeserver: "http://127.0.0.1:8008".into(),
+                server_name: "localhost".into(),
+                discovery_homeservers: vec![],
+                timeout_secs: 10,
+            },
+            accounts: AccountsSettings {
+                max_failures: 5,
+                failure_window_minutes: 15,
+                device_name: "Portail Tchap".into(),
             },
         }
     }
@@ -274,6 +299,15 @@ impl Config {
         }
         if settings.session.idle_minutes <= 0 || settings.session.absolute_hours <= 0 {
             return Err(bad("session", "lifetimes must be positive"));
+        }
+        if settings.matrix.timeout_secs == 0 {
+            return Err(bad("matrix.timeout_secs", "must be at least 1"));
+        }
+        if settings.accounts.max_failures < 1 || settings.accounts.failure_window_minutes < 1 {
+            return Err(bad(
+                "accounts",
+                "max_failures and failure_window_minutes must be positive",
+            ));
         }
         if origin_of(&settings.matrix.homeserver).is_none() {
             return Err(bad("matrix.homeserver", "must be an absolute http(s) URL"));

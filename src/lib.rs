@@ -57,6 +57,7 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
             },
         ))
         .attach(web::stage(&config))
+        .attach(accounts::stage(&config))
         .attach(mail::stage(&config))
         .manage(config))
 }

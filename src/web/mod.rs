@@ -2,6 +2,7 @@
 
 pub mod csrf;
 pub mod errors;
+pub mod form;
 pub mod headers;
 pub mod health;
 pub mod i18n;

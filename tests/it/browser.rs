@@ -95,6 +95,7 @@ async fn home_error_page_and_language_switch_in_chromium_without_javascript() {
                 ("sitemap-en", "/plan-du-site"),
                 ("accessibility-en", "/accessibilite"),
                 ("legal-fr", "/langue/fr?next=%2Fmentions-legales"),
+                ("login-fr", "/connexion"),
             ],
         )
     })

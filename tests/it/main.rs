@@ -3,6 +3,7 @@
 
 mod browser;
 mod common;
+mod login;
 mod mail;
 mod sessions;
 mod web;

@@ -1,0 +1,264 @@
+//! `/connexion` (log in with a Tchap account) and `/deconnexion` (log out).
+
+use chrono::Utc;
+use rocket::form::Form;
+use rocket::http::{CookieJar, Status};
+use rocket::response::Redirect;
+use rocket::{get, post, Either, FromForm, State};
+use serde_json::json;
+
+use crate::accounts::matrix::{Identifier, MatrixClient, MatrixError};
+use crate::accounts::session::{self, CurrentUser, NewLogin};
+use crate::accounts::throttle;
+use crate::config::Config;
+use crate::crypto::Keys;
+use crate::db::Db;
+use crate::web::csrf;
+use crate::web::errors::AppError;
+use crate::web::form::{FieldErrors, Page};
+use crate::web::page::Ctx;
+use crate::web::pages::local_path;
+
+/// What the encrypted Matrix token is bound to, so a sealed token cannot be moved to another row.
+pub const TOKEN_PURPOSE: &str = "matrix-access-token";
+
+pub fn token_aad(user_id: &str, device_id: &str) -> Vec<u8> {
+    format!("{user_id}|{device_id}").into_bytes()
+}
+
+impl CurrentUser {
+    /// The agent's Matrix access token, decrypted.
+    pub fn access_token(&self, keys: &Keys) -> Result<String, AppError> {
+        let plain = keys.decrypt(
+            TOKEN_PURPOSE,
+            &self.access_token_enc,
+            &token_aad(&self.matrix_user_id, &self.device_id),
+        )?;
+        String::from_utf8(plain).map_err(|_| AppError::Internal("token is not UTF-8".into()))
+    }
+}
+
+#[derive(Debug, FromForm)]
+pub struct LoginForm {
+    #[field(default = String::new())]
+    pub identifier: String,
+    #[field(default = String::new())]
+    pub password: String,
+    #[field(default = String::new())]
+    pub next: String,
+}
+
+fn render(
+    ctx: &Ctx,
+    identifier: &str,
+    next: &str,
+    errors: &FieldErrors,
+) -> rocket_dyn_templates::Template {
+    ctx.render(
+        "accounts/login",
+        json!({
+            "identifier": identifier,
+            "next": next,
+            "errors": errors,
+            "form_errors": !errors.is_empty(),
+        }),
+    )
+}
+
+#[get("/connexion?<next>&<login_hint>")]
+pub fn login_page(
+    ctx: Ctx,
+    next: Option<&str>,
+    login_hint: Option<&str>,
+) -> Either<Page, Redirect> {
+    let next = local_path(next);
+    if ctx.user.is_some() {
+        return Either::Right(Redirect::to(next));
+    }
+    Either::Left(Page::ok(render(
+        &ctx,
+        login_hint.unwrap_or(""),
+        &next,
+        &FieldErrors::default(),
+    )))
+}
+
+#[allow(clippy::too_many_arguments)]
+#[post("/connexion", data = "<form>")]
+pub async fn login(
+    ctx: Ctx,
+    form: Form<LoginForm>,
+    cookies: &CookieJar<'_>,
+    client_ip: Option<std::net::IpAddr>,
+    db: &State<Db>,
+    matrix: &State<MatrixClient>,
+    keys: &State<Keys>,
+    config: &State<Config>,
+) -> Result<Either<Redirect, Page>, AppError> {
+    let form = form.into_inner();
+    let next = local_path(Some(&form.next));
+    let lang = ctx.lang;
+    let page = |status: Status, retry_after: Option<i64>, errors: FieldErrors| Page {
+        status,
+        retry_after,
+        template: render(&ctx, &form.identifier, &next, &errors),
+    };
+
+    let mut errors = FieldErrors::default();
+    let identifier = Identifier::parse(&form.identifier);
+    if form.identifier.trim().is_empty() {
+        errors.add("identifier", lang.t("login.identifier.missing"));
+    } else if identifier.is_none() {
+        errors.add("identifier", lang.t("login.identifier.invalid"));
+    }
+    if form.password.is_empty() {
+        errors.add("password", lang.t("login.password.missing"));
+    }
+    let Some(identifier) = identifier.filter(|_| errors.is_empty()) else {
+        return Ok(Either::Right(page(
+            Status::UnprocessableEntity,
+            None,
+            errors,
+        )));
+    };
+
+    let settings = &config.settings.accounts;
+    let keys_for_throttle = [
+        throttle::account_key(&form.identifier),
+        throttle::ip_key(client_ip),
+    ];
+    let now = Utc::now();
+    let mut conn = db.get().await?;
+    if let Some(wait) = throttle::blocked_for(&mut conn, &keys_for_throttle, settings, now).await? {
+        let minutes = ((wait + 59) / 60).to_string();
+        errors.form(lang.tf("login.throttled", &[("minutes", &minutes)]));
+        return Ok(Either::Right(page(
+            Status::TooManyRequests,
+            Some(wait),
+            errors,
+        )));
+    }
+
+    let result = async {
+        let homeserver = matrix.discover(&identifier).await?;
+        let login = matrix
+            .login(
+                &homeserver,
+                &identifier,
+                &form.password,
+                &settings.device_name,
+            )
+            .await?;
+        Ok::<_, MatrixError>((homeserver, login))
+    }
+    .await;
+    let (homeserver, login) = match result {
+        Ok(ok) => ok,
+        Err(MatrixError::Forbidden)
+        | Err(MatrixError::Other {
+            status: 400..=404, ..
+        }) => {
+            throttle::record_failure(&mut conn, &keys_for_throttle, now).await?;
+            tracing::info!("login refused: wrong credentials");
+            errors.form(lang.t("login.wrong"));
+            return Ok(Either::Right(page(Status::Ok, None, errors)));
+        }
+        Err(MatrixError::Expired) => {
+            errors.form(lang.t("login.expired"));
+            return Ok(Either::Right(page(Status::Ok, None, errors)));
+        }
+        Err(MatrixError::RateLimited) => {
+            errors.form(lang.tf("login.throttled", &[("minutes", "1")]));
+            return Ok(Either::Right(page(
+                Status::TooManyRequests,
+                Some(60),
+                errors,
+            )));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "login: homeserver unavailable");
+            errors.form(lang.t("login.unreachable"));
+            return Ok(Either::Right(page(
+                Status::ServiceUnavailable,
+                Some(30),
+                errors,
+            )));
+        }
+    };
+
+    // The profile and addresses are best effort: a login is not refused for them.
+    let display_name = matrix
+        .display_name(&homeserver, &login.user_id, &login.access_token)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "login: profile unavailable");
+            None
+        });
+    let emails = match matrix
+        .verified_emails(&homeserver, &login.access_token)
+        .await
+    {
+        Ok(emails) => emails,
+        // Tchap lets an expired account log in, then refuses its requests: say so, leave no device.
+        Err(MatrixError::Expired) => {
+            let _ = matrix.logout(&homeserver, &login.access_token).await;
+            errors.form(lang.t("login.expired"));
+            return Ok(Either::Right(page(Status::Ok, None, errors)));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "login: email addresses unavailable");
+            vec![]
+        }
+    };
+    let sealed = keys.encrypt(
+        TOKEN_PURPOSE,
+        login.access_token.as_bytes(),
+        &token_aad(&login.user_id, &login.device_id),
+    )?;
+    let (_, cookie) = session::create(
+        &mut conn,
+        &NewLogin {
+            matrix_user_id: &login.user_id,
+            device_id: &login.device_id,
+            homeserver_url: &homeserver,
+            access_token_enc: &sealed,
+            display_name: display_name.as_deref(),
+            emails: &emails,
+            amr: &["pwd"],
+        },
+        &config.settings.session,
+        now,
+    )
+    .await?;
+    session::set_cookie(cookies, cookie, config.release);
+    csrf::rotate(cookies, config.release);
+    tracing::info!(user = %login.user_id, "logged in");
+    Ok(Either::Left(Redirect::to(next)))
+}
+
+#[post("/deconnexion")]
+pub async fn logout(
+    user: Option<CurrentUser>,
+    cookies: &CookieJar<'_>,
+    db: &State<Db>,
+    matrix: &State<MatrixClient>,
+    keys: &State<Keys>,
+    config: &State<Config>,
+) -> Result<Redirect, AppError> {
+    if let Some(user) = user {
+        // Revoke the Matrix token first; the portal session ends whatever the homeserver says.
+        match user.access_token(keys) {
+            Ok(token) => {
+                if let Err(e) = matrix.logout(&user.homeserver_url, &token).await {
+                    tracing::warn!(error = %e, "logout: the homeserver did not revoke the token");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "logout: token unreadable"),
+        }
+        let mut conn = db.get().await?;
+        session::delete(&mut conn, user.id).await?;
+    }
+    session::clear_cookie(cookies, config.release);
+    csrf::rotate(cookies, config.release);
+    Ok(Redirect::to("/"))
+}

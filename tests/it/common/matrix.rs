@@ -1,0 +1,82 @@
+//! Accounts on the test Synapse, made through its shared-secret registration API.
+
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::sign::Signer;
+use serde_json::{json, Value};
+
+use super::env;
+
+pub fn homeserver() -> String {
+    env("IT_SYNAPSE_URL")
+}
+
+/// A new user with a unique name; returns (localpart, Matrix ID).
+pub async fn new_user(
+    prefix: &str,
+    password: &str,
+    display_name: Option<&str>,
+) -> (String, String) {
+    let local = format!(
+        "{prefix}-{}",
+        tchap_portal::crypto::random_token(6)
+            .expect("rand")
+            .to_lowercase()
+            .replace(['-', '_'], "x")
+    );
+    let http = reqwest::Client::new();
+    let url = format!("{}/_synapse/admin/v1/register", homeserver());
+    let nonce: Value = http
+        .get(&url)
+        .send()
+        .await
+        .expect("nonce")
+        .json()
+        .await
+        .expect("json");
+    let nonce = nonce["nonce"].as_str().expect("nonce").to_owned();
+    let key = PKey::hmac(env("IT_SYNAPSE_SECRET").as_bytes()).expect("key");
+    let mut signer = Signer::new(MessageDigest::sha1(), &key).expect("signer");
+    signer
+        .update(format!("{nonce}\0{local}\0{password}\0notadmin").as_bytes())
+        .expect("mac");
+    let mac: String = signer
+        .sign_to_vec()
+        .expect("mac")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let res: Value = http
+        .post(&url)
+        .json(
+            &json!({"nonce": nonce, "username": local, "password": password, "admin": false,
+                      "mac": mac, "displayname": display_name}),
+        )
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
+    let user_id = res["user_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("registered: {res}"))
+        .to_owned();
+    (local, user_id)
+}
+
+/// `GET /account/whoami` with a token: who it belongs to, or the HTTP status when refused.
+pub async fn whoami(token: &str) -> Result<String, u16> {
+    let res = reqwest::Client::new()
+        .get(format!("{}/_matrix/client/v3/account/whoami", homeserver()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("whoami");
+    let status = res.status().as_u16();
+    if status != 200 {
+        return Err(status);
+    }
+    let v: Value = res.json().await.expect("json");
+    Ok(v["user_id"].as_str().unwrap_or_default().to_owned())
+}
