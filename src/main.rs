@@ -8,6 +8,8 @@ const USAGE: &str = "usage: tchap-portal [serve | migrate | help]
 
   serve     run the portal (default): migrations, mail worker, web server
   migrate   apply pending database migrations and exit
+  mail-test ADDRESS
+            queue a test mail to ADDRESS (a running portal's worker sends it)
 
 Settings come from Rocket.toml, PORTAL_* and ROCKET_* variables and DATABASE_URL (see README.md).";
 
@@ -60,6 +62,22 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        "mail-test" => {
+            let Some(to) = args.get(1) else {
+                eprintln!("usage: tchap-portal mail-test ADDRESS");
+                return ExitCode::from(2);
+            };
+            match mail_test(&figment, to).await {
+                Ok(id) => {
+                    println!("queued {id} to {to}: see the portal's log for its delivery");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -69,4 +87,29 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+async fn mail_test(figment: &rocket::figment::Figment, to: &str) -> Result<String, String> {
+    use tchap_portal::mail::{enqueue, Mail, Mailer};
+    use tchap_portal::web::i18n::Lang;
+    let config = Config::from_figment(figment).map_err(|e| e.to_string())?;
+    let db = tchap_portal::db::Db::new(&config.database_url, 1, std::time::Duration::from_secs(5))?;
+    let mailer = Mailer::new("templates", &config)?;
+    let mut conn = db.get().await.map_err(|e| e.to_string())?;
+    enqueue(
+        &mut conn,
+        &mailer,
+        Mail {
+            kind: "test",
+            to,
+            lang: Lang::Fr,
+            template: "test",
+            subject: Lang::Fr.t("mail.test.subject").to_owned(),
+            context: serde_json::json!({ "to": to }),
+            attachments: vec![],
+        },
+        chrono::Utc::now(),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }

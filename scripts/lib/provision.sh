@@ -192,7 +192,8 @@ register_matrix_user() {
 # An SMTP server (aiosmtpd) on SMTP_PORT that keeps every mail in a Maildir a person can read.
 start_smtp() {
   ensure_venv
-  mkdir -p "$STATE/mail"
+  # Maildir folders, made here: aiosmtpd only creates them for a folder that does not exist yet.
+  mkdir -p "$STATE/mail/new" "$STATE/mail/cur" "$STATE/mail/tmp"
   "$VENV/bin/python" -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" -c aiosmtpd.handlers.Mailbox "$STATE/mail" \
     >"$STATE/log/smtp.log" 2>&1 &
   PIDS+=($!)
