@@ -91,25 +91,11 @@ async fn main() -> ExitCode {
 
 async fn mail_test(figment: &rocket::figment::Figment, to: &str) -> Result<String, String> {
     use tchap_portal::mail::{enqueue, Mail, Mailer};
-    use tchap_portal::web::i18n::Lang;
     let config = Config::from_figment(figment).map_err(|e| e.to_string())?;
     let db = tchap_portal::db::Db::new(&config.database_url, 1, std::time::Duration::from_secs(5))?;
     let mailer = Mailer::new("templates", &config)?;
     let mut conn = db.get().await.map_err(|e| e.to_string())?;
-    enqueue(
-        &mut conn,
-        &mailer,
-        Mail {
-            kind: "test",
-            to,
-            lang: Lang::Fr,
-            template: "test",
-            subject: Lang::Fr.t("mail.test.subject").to_owned(),
-            context: serde_json::json!({ "to": to }),
-            attachments: vec![],
-        },
-        chrono::Utc::now(),
-    )
-    .await
-    .map_err(|e| e.to_string())
+    enqueue(&mut conn, &mailer, Mail::test(to), chrono::Utc::now())
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -5,22 +5,73 @@ pub mod matrix;
 pub mod session;
 pub mod throttle;
 
+use std::time::Duration;
+
+use chrono::Utc;
 use rocket::fairing::AdHoc;
 
-use crate::config::Config;
+use crate::config::{AccountsSettings, Config, SessionSettings};
+use crate::db::Db;
+
+/// How often expired sessions and old login failures are removed.
+const CLEAN_UP_EVERY: Duration = Duration::from_secs(3600);
 
 pub fn stage(config: &Config) -> AdHoc {
     let settings = config.settings.matrix.clone();
+    let sessions = config.settings.session.clone();
+    let accounts = config.settings.accounts.clone();
     AdHoc::try_on_ignite("Accounts", |rocket| async move {
         match matrix::MatrixClient::new(&settings) {
-            Ok(client) => Ok(rocket.manage(client).mount(
-                "/",
-                rocket::routes![login::login_page, login::login, login::logout],
-            )),
+            Ok(client) => Ok(rocket
+                .manage(client)
+                .mount(
+                    "/",
+                    rocket::routes![login::login_page, login::login, login::logout],
+                )
+                .attach(AdHoc::on_liftoff("Accounts clean-up", move |rocket| {
+                    Box::pin(async move {
+                        if let Some(db) = rocket.state::<Db>().cloned() {
+                            let shutdown = rocket.shutdown();
+                            rocket::tokio::spawn(clean_up_loop(db, sessions, accounts, shutdown));
+                        }
+                    })
+                }))),
             Err(e) => {
                 tracing::error!("matrix client: {e}");
                 Err(rocket)
             }
         }
     })
+}
+
+/// Removes expired sessions and login failures past their window; returns how many rows went.
+pub async fn clean_up(
+    db: &Db,
+    sessions: &SessionSettings,
+    accounts: &AccountsSettings,
+) -> Result<usize, crate::db::DbError> {
+    let mut conn = db.get().await?;
+    let now = Utc::now();
+    let a = session::purge_expired(&mut conn, sessions, now).await?;
+    let b = throttle::purge(&mut conn, accounts, now).await?;
+    Ok(a + b)
+}
+
+async fn clean_up_loop(
+    db: Db,
+    sessions: SessionSettings,
+    accounts: AccountsSettings,
+    mut shutdown: rocket::Shutdown,
+) {
+    loop {
+        match clean_up(&db, &sessions, &accounts).await {
+            Ok(n) if n > 0 => tracing::info!(rows = n, "accounts clean-up"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "accounts clean-up failed"),
+        }
+        rocket::tokio::select! {
+            _ = rocket::tokio::time::sleep(CLEAN_UP_EVERY) => {}
+            _ = &mut shutdown => return,
+        }
+    }
 }

@@ -63,6 +63,21 @@ pub struct Mail<'a> {
     pub attachments: Vec<Attachment>,
 }
 
+impl<'a> Mail<'a> {
+    /// The operator's test mail (`tchap-portal mail-test`).
+    pub fn test(to: &'a str) -> Mail<'a> {
+        Mail {
+            kind: "test",
+            to,
+            lang: Lang::Fr,
+            template: "test",
+            subject: Lang::Fr.t("mail.test.subject").to_owned(),
+            context: serde_json::json!({ "to": to }),
+            attachments: vec![],
+        }
+    }
+}
+
 impl Mailer {
     pub fn new(template_dir: &str, config: &Config) -> Result<Mailer, String> {
         let mut tera = tera::Tera::default();

@@ -3,12 +3,10 @@
 use chrono::{Duration, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use serde_json::json;
 use tchap_portal::config::MailSettings;
 use tchap_portal::db::schema::outbox;
 use tchap_portal::mail::transport::Transport;
 use tchap_portal::mail::{enqueue, worker, Mail, Mailer};
-use tchap_portal::web::i18n::Lang;
 
 use crate::common::smtp::SmtpServer;
 use crate::common::TestApp;
@@ -31,22 +29,9 @@ fn smtp_settings(app: &TestApp, port: u16) -> MailSettings {
 async fn queue_test_mail(app: &TestApp, to: &str) -> String {
     let mailer = app.client.rocket().state::<Mailer>().expect("mailer");
     let mut conn = app.db.conn().await;
-    enqueue(
-        &mut conn,
-        mailer,
-        Mail {
-            kind: "test",
-            to,
-            lang: Lang::Fr,
-            template: "test",
-            subject: Lang::Fr.t("mail.test.subject").to_owned(),
-            context: json!({ "to": to }),
-            attachments: vec![],
-        },
-        Utc::now(),
-    )
-    .await
-    .expect("queued")
+    enqueue(&mut conn, mailer, Mail::test(to), Utc::now())
+        .await
+        .expect("queued")
 }
 
 #[rocket::async_test]
