@@ -25,6 +25,16 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub matrix: MatrixSettings,
     pub accounts: AccountsSettings,
+    pub oidc: OidcSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSettings {
+    pub code_ttl_secs: i64,
+    pub access_token_ttl_secs: i64,
+    pub id_token_ttl_secs: i64,
+    pub refresh_token_ttl_hours: i64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -157,6 +167,12 @@ impl Default for Settings {
                 max_failures: 5,
                 failure_window_minutes: 15,
                 device_name: "Portail Tchap".into(),
+            },
+            oidc: OidcSettings {
+                code_ttl_secs: 60,
+                access_token_ttl_secs: 600,
+                id_token_ttl_secs: 600,
+                refresh_token_ttl_hours: 12,
             },
         }
     }
@@ -308,6 +324,28 @@ impl Config {
                 "accounts",
                 "max_failures and failure_window_minutes must be positive",
             ));
+        }
+        let o = &settings.oidc;
+        if !(1..=60).contains(&o.code_ttl_secs) {
+            return Err(bad(
+                "oidc.code_ttl_secs",
+                "must be between 1 and 60 seconds",
+            ));
+        }
+        if !(1..=3600).contains(&o.access_token_ttl_secs) {
+            return Err(bad(
+                "oidc.access_token_ttl_secs",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
+        if !(1..=3600).contains(&o.id_token_ttl_secs) {
+            return Err(bad(
+                "oidc.id_token_ttl_secs",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
+        if o.refresh_token_ttl_hours < 1 {
+            return Err(bad("oidc.refresh_token_ttl_hours", "must be at least 1"));
         }
         if origin_of(&settings.matrix.homeserver).is_none() {
             return Err(bad("matrix.homeserver", "must be an absolute http(s) URL"));

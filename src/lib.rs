@@ -2,10 +2,12 @@
 //! server without JavaScript. [`build`] assembles the Rocket application from its parts.
 
 pub mod accounts;
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod mail;
+pub mod oidc;
 pub mod web;
 
 use std::time::Duration;
@@ -58,6 +60,7 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
         ))
         .attach(web::stage(&config))
         .attach(accounts::stage(&config))
+        .attach(oidc::stage(&config))
         .attach(mail::stage(&config))
         .manage(config))
 }

@@ -9,6 +9,35 @@ diesel::table! {
 }
 
 diesel::table! {
+    oidc_clients (id) {
+        id -> Int8,
+        client_id -> Text,
+        secret_hash -> Nullable<Bytea>,
+        name -> Text,
+        redirect_uris -> Array<Nullable<Text>>,
+        post_logout_redirect_uris -> Array<Nullable<Text>>,
+        public -> Bool,
+        subject_type -> Text,
+        id_token_alg -> Text,
+        userinfo_signed -> Bool,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    oidc_keys (id) {
+        id -> Int8,
+        kid -> Text,
+        alg -> Text,
+        public_jwk -> Jsonb,
+        private_der_enc -> Bytea,
+        created_at -> Timestamptz,
+        retired_at -> Nullable<Timestamptz>,
+        unpublish_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     outbox (id) {
         id -> Int8,
         message_id -> Text,
@@ -43,4 +72,10 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(login_failures, outbox, sessions,);
+diesel::allow_tables_to_appear_in_same_query!(
+    login_failures,
+    oidc_clients,
+    oidc_keys,
+    outbox,
+    sessions,
+);

@@ -5,5 +5,6 @@ mod browser;
 mod common;
 mod login;
 mod mail;
+mod oidc;
 mod sessions;
 mod web;

@@ -1,0 +1,2 @@
+DROP TABLE oidc_clients;
+DROP TABLE oidc_keys;

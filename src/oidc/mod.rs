@@ -1,0 +1,70 @@
+//! Tchap Identité: an OpenID Connect provider for state services.
+
+pub mod clients;
+pub mod discovery;
+pub mod jwt;
+pub mod keys;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use rocket::fairing::AdHoc;
+
+use crate::config::Config;
+use crate::crypto::Keys;
+use crate::db::Db;
+
+/// How often each instance reloads the active signing keys (to follow a rotation made elsewhere).
+const KEY_REFRESH: Duration = Duration::from_secs(60);
+
+pub fn stage(config: &Config) -> AdHoc {
+    let keys = Keys::new(&config.secret_key);
+    AdHoc::try_on_ignite("Tchap Identité", |rocket| async move {
+        let ring = keys::KeyRing::default();
+        let loaded = match rocket.state::<Db>() {
+            Some(db) => match db.get().await {
+                Ok(mut conn) => ring
+                    .refresh(&mut conn, &keys, Utc::now())
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            None => Err("no database".into()),
+        };
+        if let Err(e) = loaded {
+            tracing::error!("signing keys: {e}");
+            eprintln!("error: signing keys: {e}");
+            return Err(rocket);
+        }
+        let refresher = ring.clone();
+        Ok(rocket
+            .manage(ring)
+            .mount(
+                "/",
+                rocket::routes![discovery::openid_configuration, discovery::jwks],
+            )
+            .attach(AdHoc::on_liftoff("Signing keys refresh", move |rocket| {
+                Box::pin(async move {
+                    let Some(db) = rocket.state::<Db>().cloned() else {
+                        return;
+                    };
+                    let mut shutdown = rocket.shutdown();
+                    rocket::tokio::spawn(async move {
+                        loop {
+                            rocket::tokio::select! {
+                                _ = rocket::tokio::time::sleep(KEY_REFRESH) => {}
+                                _ = &mut shutdown => return,
+                            }
+                            if let Ok(mut conn) = db.get().await {
+                                if let Err(e) =
+                                    refresher.refresh(&mut conn, &keys, Utc::now()).await
+                                {
+                                    tracing::warn!(error = %e, "signing keys refresh failed");
+                                }
+                            }
+                        }
+                    });
+                })
+            })))
+    })
+}
