@@ -65,22 +65,36 @@ fn render(
     )
 }
 
-#[get("/connexion?<next>&<login_hint>")]
-pub fn login_page(
+/// When the login leads on to a service (OpenID), the form's redirects end there: allow it.
+async fn with_service_csp(db: &Db, next: &str, mut page: Page) -> Page {
+    if let Ok(mut conn) = db.get().await {
+        page.csp = crate::oidc::authorize::service_origin_for(&mut conn, next)
+            .await
+            .map(|origin| crate::oidc::authorize::csp_allowing(&origin));
+    }
+    page
+}
+
+/// `force=1`: log in again although a session exists (OpenID `prompt=login`, `max_age`).
+#[get("/connexion?<next>&<login_hint>&<force>")]
+pub async fn login_page(
     ctx: Ctx,
     next: Option<&str>,
     login_hint: Option<&str>,
+    force: Option<&str>,
+    db: &State<Db>,
 ) -> Either<Page, Redirect> {
     let next = local_path(next);
-    if ctx.user.is_some() {
+    if ctx.user.is_some() && force.is_none() {
         return Either::Right(Redirect::to(next));
     }
-    Either::Left(Page::ok(render(
+    let page = Page::ok(render(
         &ctx,
         login_hint.unwrap_or(""),
         &next,
         &FieldErrors::default(),
-    )))
+    ));
+    Either::Left(with_service_csp(db, &next, page).await)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -101,6 +115,7 @@ pub async fn login(
     let page = |status: Status, retry_after: Option<i64>, errors: FieldErrors| Page {
         status,
         retry_after,
+        csp: None,
         template: render(&ctx, &form.identifier, &next, &errors),
     };
 
@@ -230,6 +245,10 @@ pub async fn login(
         now,
     )
     .await?;
+    // A login over an existing session (forced re-login) replaces it.
+    if let Some(old) = &ctx.user {
+        session::delete(&mut conn, old.id).await?;
+    }
     session::set_cookie(cookies, cookie, config.release);
     csrf::rotate(cookies, config.release);
     tracing::info!(user = %login.user_id, "logged in");

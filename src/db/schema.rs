@@ -25,6 +25,44 @@ diesel::table! {
 }
 
 diesel::table! {
+    oidc_codes (code_hash) {
+        code_hash -> Bytea,
+        grant_id -> Int8,
+        redirect_uri -> Text,
+        code_challenge -> Nullable<Text>,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    oidc_consents (id) {
+        id -> Int8,
+        client_id -> Text,
+        matrix_user_id -> Text,
+        scopes -> Array<Nullable<Text>>,
+        first_at -> Timestamptz,
+        last_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    oidc_grants (id) {
+        id -> Int8,
+        client_id -> Text,
+        matrix_user_id -> Text,
+        sid -> Text,
+        scopes -> Array<Nullable<Text>>,
+        claims -> Jsonb,
+        nonce -> Nullable<Text>,
+        auth_time -> Timestamptz,
+        amr -> Array<Nullable<Text>>,
+        created_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     oidc_keys (id) {
         id -> Int8,
         kid -> Text,
@@ -34,6 +72,29 @@ diesel::table! {
         created_at -> Timestamptz,
         retired_at -> Nullable<Timestamptz>,
         unpublish_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    oidc_shares (id) {
+        id -> Int8,
+        client_id -> Text,
+        matrix_user_id -> Text,
+        claims -> Array<Nullable<Text>>,
+        shared_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    oidc_tokens (id) {
+        id -> Int8,
+        token_hash -> Bytea,
+        kind -> Text,
+        grant_id -> Int8,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -72,10 +133,18 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(oidc_codes -> oidc_grants (grant_id));
+diesel::joinable!(oidc_tokens -> oidc_grants (grant_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     login_failures,
     oidc_clients,
+    oidc_codes,
+    oidc_consents,
+    oidc_grants,
     oidc_keys,
+    oidc_shares,
+    oidc_tokens,
     outbox,
     sessions,
 );

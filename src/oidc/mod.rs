@@ -1,9 +1,13 @@
 //! Tchap Identité: an OpenID Connect provider for state services.
 
+pub mod authorize;
+pub mod claims;
 pub mod clients;
 pub mod discovery;
+pub mod grants;
 pub mod jwt;
 pub mod keys;
+pub mod token;
 
 use std::time::Duration;
 
@@ -41,7 +45,16 @@ pub fn stage(config: &Config) -> AdHoc {
             .manage(ring)
             .mount(
                 "/",
-                rocket::routes![discovery::openid_configuration, discovery::jwks],
+                rocket::routes![
+                    discovery::openid_configuration,
+                    discovery::jwks,
+                    authorize::authorize_get,
+                    authorize::authorize_post,
+                    authorize::consent,
+                    token::token,
+                    token::userinfo_get,
+                    token::userinfo_post,
+                ],
             )
             .attach(AdHoc::on_liftoff("Signing keys refresh", move |rocket| {
                 Box::pin(async move {

@@ -19,7 +19,14 @@ const PURPOSE: &str = "csrf";
 
 /// Machine-to-machine POST endpoints, authenticated otherwise (client secrets, bearer tokens):
 /// the only POSTs without a CSRF token. Keep this the one list.
-pub const EXEMPT: &[&str] = &[];
+pub const EXEMPT: &[&str] = &[
+    // OpenID Connect: a service may send the agent here by a cross-site form POST, as by GET; it
+    // changes nothing by itself (the consent form it shows carries a token).
+    "/authorize",
+    // OpenID Connect, called by services' servers: client authentication or bearer token.
+    "/token",
+    "/userinfo",
+];
 
 /// Where a rejected POST is rerouted: it answers 403 through the DSFR catcher.
 pub const REJECTED_PATH: &str = "/__csrf-rejected";

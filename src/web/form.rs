@@ -50,6 +50,8 @@ impl FieldErrors {
 pub struct Page {
     pub status: Status,
     pub retry_after: Option<i64>,
+    /// A page-specific Content-Security-Policy (kept by the headers fairing).
+    pub csp: Option<String>,
     pub template: Template,
 }
 
@@ -58,6 +60,7 @@ impl Page {
         Page {
             status: Status::Ok,
             retry_after: None,
+            csp: None,
             template,
         }
     }
@@ -67,6 +70,9 @@ impl<'r> Responder<'r, 'static> for Page {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
         let mut res = self.template.respond_to(req)?;
         res.set_status(self.status);
+        if let Some(csp) = self.csp {
+            res.set_header(Header::new("Content-Security-Policy", csp));
+        }
         if let Some(secs) = self.retry_after {
             res.set_header(Header::new("Retry-After", secs.max(1).to_string()));
         }

@@ -6,5 +6,6 @@ mod common;
 mod login;
 mod mail;
 mod oidc;
+mod oidc_flow;
 mod sessions;
 mod web;

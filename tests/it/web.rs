@@ -357,6 +357,12 @@ async fn every_template_renders_with_sample_data() {
             json!({"identifier": "alice@example.gouv.fr", "next": "/", "form_errors": true,
                    "errors": {"form": "Tchap ne répond pas", "fields": {"password": "Saisissez votre mot de passe."}}}),
         ),
+        (
+            "oidc/consent",
+            json!({"client_name": "Démarches", "client_origin": "https://rp.example.gouv.fr",
+                   "claims": [["Adresse électronique", "alice@example.gouv.fr"]], "authz": "client_id=x&scope=openid"}),
+        ),
+        ("oidc/error", json!({"message_key": "oidc.error.client"})),
     ];
     let layouts = [
         "base",

@@ -162,3 +162,13 @@ pub fn title(html: &str) -> String {
     let end = html[start..].find("</title>").expect("</title>") + start;
     html[start..end].trim().to_owned()
 }
+
+/// Decodes the entities Tera's escaping produces, as a browser does for attribute values.
+pub fn unescape(html: &str) -> String {
+    html.replace("&#x2F;", "/")
+        .replace("&#x27;", "'")
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}

@@ -1,0 +1,351 @@
+//! Consents, grants, codes and tokens. Every credential is 32 random bytes, stored as SHA-256,
+//! single use where it must be; a replayed code or refresh token revokes its whole grant.
+
+use chrono::{DateTime, Duration, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::{Map, Value};
+
+use crate::crypto;
+use crate::db::schema::{oidc_codes, oidc_consents, oidc_grants, oidc_shares, oidc_tokens};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = oidc_grants)]
+pub struct Grant {
+    pub id: i64,
+    pub client_id: String,
+    pub matrix_user_id: String,
+    pub sid: String,
+    pub scopes: Vec<Option<String>>,
+    pub claims: Value,
+    pub nonce: Option<String>,
+    pub auth_time: DateTime<Utc>,
+    pub amr: Vec<Option<String>>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl Grant {
+    pub fn scope(&self) -> String {
+        self.scopes
+            .iter()
+            .flatten()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Whether the agent already approved at least `scopes` for this client.
+pub async fn consent_covers(
+    conn: &mut AsyncPgConnection,
+    client_id: &str,
+    user: &str,
+    scopes: &[String],
+) -> QueryResult<bool> {
+    let given: Option<Vec<Option<String>>> = oidc_consents::table
+        .filter(oidc_consents::client_id.eq(client_id))
+        .filter(oidc_consents::matrix_user_id.eq(user))
+        .select(oidc_consents::scopes)
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(given.is_some_and(|g| scopes.iter().all(|s| g.iter().flatten().any(|x| x == s))))
+}
+
+pub async fn remember_consent(
+    conn: &mut AsyncPgConnection,
+    client_id: &str,
+    user: &str,
+    scopes: &[String],
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    let scopes: Vec<Option<String>> = scopes.iter().cloned().map(Some).collect();
+    diesel::insert_into(oidc_consents::table)
+        .values((
+            oidc_consents::client_id.eq(client_id),
+            oidc_consents::matrix_user_id.eq(user),
+            oidc_consents::scopes.eq(&scopes),
+            oidc_consents::first_at.eq(now),
+            oidc_consents::last_at.eq(now),
+        ))
+        .on_conflict((oidc_consents::client_id, oidc_consents::matrix_user_id))
+        .do_update()
+        .set((
+            oidc_consents::scopes.eq(&scopes),
+            oidc_consents::last_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// What a new authorization carries.
+pub struct NewGrant<'a> {
+    pub client_id: &'a str,
+    pub matrix_user_id: &'a str,
+    pub sid: &'a str,
+    pub scopes: &'a [String],
+    pub claims: &'a Map<String, Value>,
+    pub nonce: Option<&'a str>,
+    pub auth_time: DateTime<Utc>,
+    pub amr: Vec<String>,
+    pub redirect_uri: &'a str,
+    pub code_challenge: Option<&'a str>,
+}
+
+/// Creates the grant, its code (returned) and the history row, in one transaction.
+pub async fn issue_code(
+    conn: &mut AsyncPgConnection,
+    g: NewGrant<'_>,
+    code_ttl: Duration,
+    now: DateTime<Utc>,
+) -> Result<String, crate::web::errors::AppError> {
+    let code = crypto::random_token(32)?;
+    let hash = crypto::sha256(code.as_bytes());
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        let grant_id: i64 = diesel::insert_into(oidc_grants::table)
+            .values((
+                oidc_grants::client_id.eq(g.client_id),
+                oidc_grants::matrix_user_id.eq(g.matrix_user_id),
+                oidc_grants::sid.eq(g.sid),
+                oidc_grants::scopes.eq(g.scopes.iter().cloned().map(Some).collect::<Vec<_>>()),
+                oidc_grants::claims.eq(Value::Object(g.claims.clone())),
+                oidc_grants::nonce.eq(g.nonce),
+                oidc_grants::auth_time.eq(g.auth_time),
+                oidc_grants::amr.eq(g.amr.iter().cloned().map(Some).collect::<Vec<_>>()),
+                oidc_grants::created_at.eq(now),
+            ))
+            .returning(oidc_grants::id)
+            .get_result(conn)
+            .await?;
+        diesel::insert_into(oidc_codes::table)
+            .values((
+                oidc_codes::code_hash.eq(&hash),
+                oidc_codes::grant_id.eq(grant_id),
+                oidc_codes::redirect_uri.eq(g.redirect_uri),
+                oidc_codes::code_challenge.eq(g.code_challenge),
+                oidc_codes::expires_at.eq(now + code_ttl),
+            ))
+            .execute(conn)
+            .await?;
+        let mut shared: Vec<Option<String>> = vec![Some("sub".into())];
+        shared.extend(g.claims.keys().cloned().map(Some));
+        diesel::insert_into(oidc_shares::table)
+            .values((
+                oidc_shares::client_id.eq(g.client_id),
+                oidc_shares::matrix_user_id.eq(g.matrix_user_id),
+                oidc_shares::claims.eq(shared),
+                oidc_shares::shared_at.eq(now),
+            ))
+            .execute(conn)
+            .await?;
+        Ok(())
+    })
+    .await?;
+    Ok(code)
+}
+
+/// The code's content, once: a second use finds it used and revokes everything it gave.
+pub struct Redeemed {
+    pub grant: Grant,
+    pub redirect_uri: String,
+    pub code_challenge: Option<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RedeemError {
+    Unknown,
+    Expired,
+    Replayed,
+}
+
+pub async fn redeem_code(
+    conn: &mut AsyncPgConnection,
+    code: &str,
+    now: DateTime<Utc>,
+) -> Result<Result<Redeemed, RedeemError>, diesel::result::Error> {
+    let hash = crypto::sha256(code.as_bytes());
+    conn.transaction(async |conn| {
+        // Marking it used and reading it is one statement: two concurrent uses cannot both win.
+        let claimed: Option<(i64, String, Option<String>, DateTime<Utc>)> = diesel::update(
+            oidc_codes::table
+                .filter(oidc_codes::code_hash.eq(&hash))
+                .filter(oidc_codes::used_at.is_null()),
+        )
+        .set(oidc_codes::used_at.eq(now))
+        .returning((
+            oidc_codes::grant_id,
+            oidc_codes::redirect_uri,
+            oidc_codes::code_challenge,
+            oidc_codes::expires_at,
+        ))
+        .get_result(conn)
+        .await
+        .optional()?;
+        let Some((grant_id, redirect_uri, code_challenge, expires_at)) = claimed else {
+            let used: Option<i64> = oidc_codes::table
+                .filter(oidc_codes::code_hash.eq(&hash))
+                .select(oidc_codes::grant_id)
+                .first(conn)
+                .await
+                .optional()?;
+            return Ok(match used {
+                Some(grant_id) => {
+                    revoke_grant(conn, grant_id, now).await?;
+                    Err(RedeemError::Replayed)
+                }
+                None => Err(RedeemError::Unknown),
+            });
+        };
+        if expires_at <= now {
+            return Ok(Err(RedeemError::Expired));
+        }
+        let grant: Grant = oidc_grants::table
+            .find(grant_id)
+            .filter(oidc_grants::revoked_at.is_null())
+            .select(Grant::as_select())
+            .first(conn)
+            .await
+            .optional()?
+            .ok_or(diesel::result::Error::NotFound)?;
+        Ok(Ok(Redeemed {
+            grant,
+            redirect_uri,
+            code_challenge,
+        }))
+    })
+    .await
+    .or_else(|e| match e {
+        diesel::result::Error::NotFound => Ok(Err(RedeemError::Unknown)),
+        e => Err(e),
+    })
+}
+
+/// Revokes a grant and every token it gave.
+pub async fn revoke_grant(
+    conn: &mut AsyncPgConnection,
+    grant_id: i64,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::update(
+        oidc_grants::table
+            .find(grant_id)
+            .filter(oidc_grants::revoked_at.is_null()),
+    )
+    .set(oidc_grants::revoked_at.eq(now))
+    .execute(conn)
+    .await?;
+    diesel::update(
+        oidc_tokens::table
+            .filter(oidc_tokens::grant_id.eq(grant_id))
+            .filter(oidc_tokens::revoked_at.is_null()),
+    )
+    .set(oidc_tokens::revoked_at.eq(now))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A new access token and refresh token for a grant: (access, refresh).
+pub async fn issue_tokens(
+    conn: &mut AsyncPgConnection,
+    grant_id: i64,
+    access_ttl: Duration,
+    refresh_ttl: Duration,
+    now: DateTime<Utc>,
+) -> Result<(String, String), crate::web::errors::AppError> {
+    let access = crypto::random_token(32)?;
+    let refresh = crypto::random_token(32)?;
+    diesel::insert_into(oidc_tokens::table)
+        .values(vec![
+            (
+                oidc_tokens::token_hash.eq(crypto::sha256(access.as_bytes())),
+                oidc_tokens::kind.eq("access"),
+                oidc_tokens::grant_id.eq(grant_id),
+                oidc_tokens::created_at.eq(now),
+                oidc_tokens::expires_at.eq(now + access_ttl),
+            ),
+            (
+                oidc_tokens::token_hash.eq(crypto::sha256(refresh.as_bytes())),
+                oidc_tokens::kind.eq("refresh"),
+                oidc_tokens::grant_id.eq(grant_id),
+                oidc_tokens::created_at.eq(now),
+                oidc_tokens::expires_at.eq(now + refresh_ttl),
+            ),
+        ])
+        .execute(conn)
+        .await?;
+    Ok((access, refresh))
+}
+
+/// The live grant behind a token of `kind`, if the token is valid now.
+pub async fn grant_for_token(
+    conn: &mut AsyncPgConnection,
+    token: &str,
+    kind: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<Option<(i64, Grant)>> {
+    oidc_tokens::table
+        .inner_join(oidc_grants::table)
+        .filter(oidc_tokens::token_hash.eq(crypto::sha256(token.as_bytes())))
+        .filter(oidc_tokens::kind.eq(kind))
+        .filter(oidc_tokens::expires_at.gt(now))
+        .filter(oidc_tokens::revoked_at.is_null())
+        .filter(oidc_grants::revoked_at.is_null())
+        .select((oidc_tokens::id, Grant::as_select()))
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Uses a refresh token once. A second use of the same token revokes the whole grant.
+pub async fn use_refresh_token(
+    conn: &mut AsyncPgConnection,
+    token: &str,
+    now: DateTime<Utc>,
+) -> Result<Result<Grant, RedeemError>, diesel::result::Error> {
+    let hash = crypto::sha256(token.as_bytes());
+    let claimed: Option<i64> = diesel::update(
+        oidc_tokens::table
+            .filter(oidc_tokens::token_hash.eq(&hash))
+            .filter(oidc_tokens::kind.eq("refresh"))
+            .filter(oidc_tokens::used_at.is_null())
+            .filter(oidc_tokens::revoked_at.is_null())
+            .filter(oidc_tokens::expires_at.gt(now)),
+    )
+    .set(oidc_tokens::used_at.eq(now))
+    .returning(oidc_tokens::grant_id)
+    .get_result(conn)
+    .await
+    .optional()?;
+    match claimed {
+        Some(grant_id) => {
+            let grant = oidc_grants::table
+                .find(grant_id)
+                .filter(oidc_grants::revoked_at.is_null())
+                .select(Grant::as_select())
+                .first(conn)
+                .await
+                .optional()?;
+            Ok(grant.ok_or(RedeemError::Unknown))
+        }
+        None => {
+            let used: Option<(i64, Option<DateTime<Utc>>)> = oidc_tokens::table
+                .filter(oidc_tokens::token_hash.eq(&hash))
+                .filter(oidc_tokens::kind.eq("refresh"))
+                .select((oidc_tokens::grant_id, oidc_tokens::used_at))
+                .first(conn)
+                .await
+                .optional()?;
+            Ok(match used {
+                Some((grant_id, Some(_))) => {
+                    revoke_grant(conn, grant_id, now).await?;
+                    Err(RedeemError::Replayed)
+                }
+                Some(_) => Err(RedeemError::Expired),
+                None => Err(RedeemError::Unknown),
+            })
+        }
+    }
+}

@@ -1,0 +1,582 @@
+//! The authorization-code flow as a state service and an agent meet it, after the OpenID
+//! Foundation's Basic OP plan (test names follow it).
+
+use base64::Engine;
+use chrono::Utc;
+use rocket::http::{ContentType, Header, Status};
+use rocket::local::asynchronous::Client;
+use serde_json::Value;
+use tchap_portal::accounts::matrix::percent_encode as enc;
+use tchap_portal::oidc::clients::{self, NewClient};
+use tchap_portal::oidc::jwt;
+
+use crate::common::matrix::new_user;
+use crate::common::{csrf_token, title, unescape, TestApp};
+
+const PASSWORD: &str = "Correct-horse-42";
+const RP: &str = "https://rp.example.gouv.fr/callback";
+const PUBLIC_RP: &str = "http://127.0.0.1:9999/cb";
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk-long-enough-verifier";
+
+struct Rp {
+    id: String,
+    secret: String,
+    public_id: String,
+}
+
+async fn setup() -> (TestApp, Rp, String) {
+    let app = TestApp::new().await;
+    let mut conn = app.db.conn().await;
+    let new = |public: bool, uri: &str| NewClient {
+        name: "Démarches simplifiées".into(),
+        redirect_uris: vec![uri.into()],
+        post_logout_redirect_uris: vec![],
+        public,
+        subject_type: "pairwise".into(),
+        id_token_alg: "RS256".into(),
+        userinfo_signed: false,
+    };
+    let (c, secret) = clients::add(&mut conn, &new(false, RP), Utc::now())
+        .await
+        .expect("client");
+    let (p, _) = clients::add(&mut conn, &new(true, PUBLIC_RP), Utc::now())
+        .await
+        .expect("public client");
+    let (_, user_id) = new_user("agent", PASSWORD, Some("Alice Martin [DINUM]")).await;
+    login(&app.client, &user_id).await;
+    (
+        app,
+        Rp {
+            id: c.client_id,
+            secret: secret.expect("secret"),
+            public_id: p.client_id,
+        },
+        user_id,
+    )
+}
+
+async fn login(client: &Client, user_id: &str) {
+    let page = client
+        .get("/connexion?force=1")
+        .dispatch()
+        .await
+        .into_string()
+        .await
+        .expect("page");
+    let res = client
+        .post("/connexion")
+        .header(ContentType::Form)
+        .body(format!(
+            "csrf_token={}&identifier={}&password={PASSWORD}",
+            csrf_token(&page),
+            enc(user_id)
+        ))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::SeeOther, "logged in");
+}
+
+fn challenge() -> String {
+    tchap_portal::crypto::b64url(&tchap_portal::crypto::sha256(VERIFIER.as_bytes()))
+}
+
+fn query(location: &str) -> std::collections::HashMap<String, String> {
+    let q = location.split_once('?').map(|(_, q)| q).unwrap_or("");
+    q.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), tchap_portal::oidc::token::url_decode(v)))
+        .collect()
+}
+
+/// GET /authorize; returns (status, Location, body).
+async fn authorize(client: &Client, params: &str) -> (Status, String, String) {
+    let res = client.get(format!("/authorize?{params}")).dispatch().await;
+    let loc = res.headers().get_one("Location").unwrap_or("").to_owned();
+    (
+        res.status(),
+        loc,
+        res.into_string().await.unwrap_or_default(),
+    )
+}
+
+/// Answers the consent page; returns the redirect back to the service.
+async fn decide(client: &Client, consent_page: &str, decision: &str) -> String {
+    let authz_marker = "name=\"authz\" value=\"";
+    let start = consent_page.find(authz_marker).expect("authz field") + authz_marker.len();
+    let authz = unescape(consent_page[start..].split('"').next().expect("authz"));
+    let res = client
+        .post("/authorize/consent")
+        .header(ContentType::Form)
+        .body(format!(
+            "csrf_token={}&authz={}&decision={decision}",
+            csrf_token(consent_page),
+            enc(&authz)
+        ))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::SeeOther);
+    res.headers()
+        .get_one("Location")
+        .expect("redirect")
+        .to_owned()
+}
+
+fn basic(id: &str, secret: &str) -> Header<'static> {
+    let b = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    Header::new("Authorization", format!("Basic {b}"))
+}
+
+async fn token(
+    client: &Client,
+    auth: Option<Header<'static>>,
+    body: String,
+) -> (Status, Value, Option<String>) {
+    let mut req = client.post("/token").header(ContentType::Form).body(body);
+    if let Some(h) = auth {
+        req = req.header(h);
+    }
+    let res = req.dispatch().await;
+    let status = res.status();
+    assert_eq!(res.headers().get_one("Cache-Control"), Some("no-store"));
+    let www = res.headers().get_one("WWW-Authenticate").map(str::to_owned);
+    (
+        status,
+        serde_json::from_str(&res.into_string().await.unwrap_or_default()).unwrap_or(Value::Null),
+        www,
+    )
+}
+
+async fn code_for(app: &TestApp, rp: &Rp, extra: &str) -> String {
+    let (status, loc, body) = authorize(
+        &app.client,
+        &format!("response_type=code&client_id={}&redirect_uri={}&scope=openid%20profile%20email%20tchap&state=s1&nonce=n1{extra}", rp.id, enc(RP)),
+    )
+    .await;
+    let loc = if status == Status::Ok {
+        decide(&app.client, &body, "approve").await
+    } else {
+        loc
+    };
+    let q = query(&loc);
+    q.get("code")
+        .unwrap_or_else(|| panic!("a code in {loc}"))
+        .clone()
+}
+
+async fn exchange(app: &TestApp, rp: &Rp, code: &str) -> (Status, Value) {
+    let (s, v, _) = token(
+        &app.client,
+        Some(basic(&rp.id, &rp.secret)),
+        format!(
+            "grant_type=authorization_code&code={code}&redirect_uri={}",
+            enc(RP)
+        ),
+    )
+    .await;
+    (s, v)
+}
+
+async fn jwks(app: &TestApp) -> Value {
+    serde_json::from_str(
+        &app.client
+            .get("/jwks.json")
+            .dispatch()
+            .await
+            .into_string()
+            .await
+            .expect("jwks"),
+    )
+    .expect("json")
+}
+
+async fn userinfo_get(app: &TestApp, at: &str) -> (Status, Value) {
+    let res = app
+        .client
+        .get("/userinfo")
+        .header(Header::new("Authorization", format!("Bearer {at}")))
+        .dispatch()
+        .await;
+    let s = res.status();
+    (
+        s,
+        serde_json::from_str(&res.into_string().await.unwrap_or_default()).unwrap_or(Value::Null),
+    )
+}
+
+#[rocket::async_test]
+async fn oidcc_server_happy_flow_with_consent_showing_the_values() {
+    let (app, rp, user_id) = setup().await;
+    let (status, _, page) = authorize(
+        &app.client,
+        &format!("response_type=code&client_id={}&redirect_uri={}&scope=openid%20profile%20email%20tchap&state=xyz&nonce=n-0S6", rp.id, enc(RP)),
+    )
+    .await;
+    assert_eq!(status, Status::Ok);
+    let page = unescape(&page);
+    assert_eq!(
+        title(&page),
+        "Partager vos informations avec Démarches simplifiées — Portail Tchap"
+    );
+    for shown in [
+        "https://rp.example.gouv.fr",
+        "Prénom</span> : Alice",
+        "Nom</span> : Martin",
+        "Administration</span> : DINUM",
+        &format!("Identifiant Tchap</span> : {user_id}"),
+        "aucune adresse vérifiée",
+    ] {
+        assert!(page.contains(shown), "consent page shows {shown}");
+    }
+    let loc = decide(&app.client, &page, "approve").await;
+    assert!(loc.starts_with(RP));
+    let q = query(&loc);
+    assert_eq!(q.get("state").map(String::as_str), Some("xyz"));
+    assert_eq!(
+        q.get("iss").map(String::as_str),
+        Some("http://127.0.0.1:8000")
+    );
+
+    let (status, t) = exchange(&app, &rp, &q["code"]).await;
+    assert_eq!(status, Status::Ok, "{t}");
+    assert_eq!(t["token_type"], "Bearer");
+    let claims = jwt::verify(t["id_token"].as_str().expect("id_token"), &jwks(&app).await)
+        .expect("signature verifies");
+    assert_eq!(claims["iss"], "http://127.0.0.1:8000");
+    assert_eq!(claims["aud"], rp.id);
+    assert_eq!(claims["nonce"], "n-0S6");
+    assert_eq!(claims["acr"], "eidas1");
+    assert_eq!(claims["amr"], serde_json::json!(["pwd"]));
+    assert!(claims["exp"].as_i64() > claims["iat"].as_i64());
+    assert!(claims["auth_time"].as_i64().is_some() && claims["sid"].as_str().is_some());
+    let at = t["access_token"].as_str().expect("at");
+    let expected_at_hash =
+        tchap_portal::crypto::b64url(&tchap_portal::crypto::sha256(at.as_bytes())[..16]);
+    assert_eq!(claims["at_hash"], expected_at_hash);
+    let sub = claims["sub"].as_str().expect("sub").to_owned();
+    assert!(!sub.contains("agent"), "pairwise subject reveals nothing");
+
+    // userinfo: GET with header, POST with header, POST with body.
+    let (s, info) = userinfo_get(&app, at).await;
+    assert_eq!(s, Status::Ok);
+    assert_eq!(info["sub"], sub.as_str());
+    assert_eq!(info["given_name"], "Alice");
+    assert_eq!(info["family_name"], "Martin");
+    assert_eq!(info["organization"], "DINUM");
+    assert_eq!(info["matrix_user_id"], user_id.as_str());
+    let res = app
+        .client
+        .post("/userinfo")
+        .header(Header::new("Authorization", format!("Bearer {at}")))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::Ok);
+    let res = app
+        .client
+        .post("/userinfo")
+        .header(ContentType::Form)
+        .body(format!("access_token={at}"))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::Ok);
+    let body: Value = serde_json::from_str(&res.into_string().await.expect("body")).expect("json");
+    assert_eq!(body["sub"], sub.as_str());
+}
+
+#[rocket::async_test]
+async fn oidcc_codereuse_fails_and_revokes_what_the_code_gave() {
+    let (app, rp, _) = setup().await;
+    let code = code_for(&app, &rp, "").await;
+    let (s, t) = exchange(&app, &rp, &code).await;
+    assert_eq!(s, Status::Ok);
+    let (s, e) = exchange(&app, &rp, &code).await;
+    assert_eq!(s, Status::BadRequest);
+    assert_eq!(e["error"], "invalid_grant");
+    let (s, _) = userinfo_get(&app, t["access_token"].as_str().expect("at")).await;
+    assert_eq!(
+        s,
+        Status::Unauthorized,
+        "tokens from the first use are revoked"
+    );
+}
+
+#[rocket::async_test]
+async fn oidcc_ensure_registered_redirect_uri_and_known_client() {
+    let (app, rp, _) = setup().await;
+    for params in [
+        format!(
+            "response_type=code&client_id={}&redirect_uri={}&scope=openid",
+            rp.id,
+            enc("https://evil.example/cb")
+        ),
+        format!(
+            "response_type=code&client_id={}&redirect_uri={}&scope=openid",
+            rp.id,
+            enc("https://rp.example.gouv.fr/callback/")
+        ),
+        format!(
+            "response_type=code&client_id=unknown&redirect_uri={}&scope=openid",
+            enc(RP)
+        ),
+    ] {
+        let (status, loc, body) = authorize(&app.client, &params).await;
+        assert_eq!(status, Status::BadRequest, "{params}");
+        assert!(loc.is_empty(), "never redirected");
+        assert!(body.contains("Connexion impossible"));
+    }
+}
+
+#[rocket::async_test]
+async fn oidcc_errors_go_back_to_the_service_with_state_and_iss() {
+    let (app, rp, _) = setup().await;
+    let base = format!("client_id={}&redirect_uri={}&state=st", rp.id, enc(RP));
+    for (params, error) in [
+        (format!("{base}&response_type=token&scope=openid"), "unsupported_response_type"),
+        (format!("{base}&response_type=code&scope=profile"), "invalid_scope"),
+        (format!("{base}&response_type=code&scope=openid&request=eyJ"), "request_not_supported"),
+        (format!("{base}&response_type=code&scope=openid&request_uri=https%3A%2F%2Fx"), "request_uri_not_supported"),
+        (format!("{base}&response_type=code&scope=openid&code_challenge={}&code_challenge_method=plain", challenge()), "invalid_request"),
+    ] {
+        let (status, loc, _) = authorize(&app.client, &params).await;
+        assert_eq!(status, Status::SeeOther, "{params}");
+        let q = query(&loc);
+        assert_eq!(q.get("error").map(String::as_str), Some(error), "{params}");
+        assert_eq!(q.get("state").map(String::as_str), Some("st"));
+        assert_eq!(q.get("iss").map(String::as_str), Some("http://127.0.0.1:8000"));
+    }
+    // Unknown parameters, acr_values and a missing nonce are fine.
+    let code = code_for(&app, &rp, "&foo=bar&acr_values=eidas1").await;
+    assert!(!code.is_empty());
+}
+
+#[rocket::async_test]
+async fn oidcc_prompt_none_and_login_and_max_age() {
+    let (app, rp, user_id) = setup().await;
+    let base = format!(
+        "response_type=code&client_id={}&redirect_uri={}&scope=openid&state=p",
+        rp.id,
+        enc(RP)
+    );
+    // Logged in, not yet approved: consent_required.
+    let (_, loc, _) = authorize(&app.client, &format!("{base}&prompt=none")).await;
+    assert_eq!(
+        query(&loc).get("error").map(String::as_str),
+        Some("consent_required")
+    );
+    let code = code_for(&app, &rp, "").await;
+    assert!(!code.is_empty());
+    // Logged in and approved: a code without any page.
+    let (_, loc, _) = authorize(&app.client, &format!("{base}&prompt=none")).await;
+    assert!(query(&loc).contains_key("code"), "{loc}");
+    // max_age=10000: no new login.
+    let (_, loc, _) = authorize(&app.client, &format!("{base}&max_age=10000")).await;
+    assert!(query(&loc).contains_key("code"));
+    // prompt=login and max_age=1 (after a second): back to the login form, then on.
+    for extra in ["&prompt=login", "&max_age=1"] {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let (status, loc, _) = authorize(&app.client, &format!("{base}{extra}")).await;
+        assert_eq!(status, Status::SeeOther);
+        assert!(loc.starts_with("/connexion?"), "{extra}: {loc}");
+        assert!(loc.contains("force=1"));
+        let next = query(&loc)["next"].clone();
+        login(&app.client, &user_id).await;
+        let (_, loc, _) = authorize(&app.client, next.trim_start_matches("/authorize?")).await;
+        assert!(
+            query(&loc).contains_key("code"),
+            "{extra}: after logging in again: {loc}"
+        );
+    }
+    // Not logged in: login_required.
+    let anonymous =
+        Client::tracked(tchap_portal::build(crate::common::figment(&app.db)).expect("app"))
+            .await
+            .expect("client");
+    let (_, loc, _) = authorize(&anonymous, &format!("{base}&prompt=none")).await;
+    assert_eq!(
+        query(&loc).get("error").map(String::as_str),
+        Some("login_required")
+    );
+    // login_hint fills the login form.
+    let (_, loc, _) = authorize(
+        &anonymous,
+        &format!("{base}&login_hint={}", enc("alice@example.gouv.fr")),
+    )
+    .await;
+    let page = anonymous
+        .get(loc)
+        .dispatch()
+        .await
+        .into_string()
+        .await
+        .expect("login page");
+    assert!(page.contains("value=\"alice@example.gouv.fr\""));
+}
+
+#[rocket::async_test]
+async fn oidcc_ui_locales_and_refusal() {
+    let (app, rp, _) = setup().await;
+    let (_, _, page) = authorize(
+        &app.client,
+        &format!("response_type=code&client_id={}&redirect_uri={}&scope=openid%20email&state=r&ui_locales=en", rp.id, enc(RP)),
+    )
+    .await;
+    assert!(page.contains("<html lang=\"en\"") && page.contains("Share your information with"));
+    let loc = decide(&app.client, &page, "refuse").await;
+    let q = query(&loc);
+    assert_eq!(q.get("error").map(String::as_str), Some("access_denied"));
+    assert_eq!(q.get("state").map(String::as_str), Some("r"));
+}
+
+#[rocket::async_test]
+async fn consent_is_remembered_until_more_is_asked() {
+    let (app, rp, _) = setup().await;
+    let ask = |scope: &str| {
+        format!(
+            "response_type=code&client_id={}&redirect_uri={}&scope={scope}",
+            rp.id,
+            enc(RP)
+        )
+    };
+    let (status, _, page) = authorize(&app.client, &ask("openid%20profile")).await;
+    assert_eq!(status, Status::Ok);
+    decide(&app.client, &page, "approve").await;
+    let (status, loc, _) = authorize(&app.client, &ask("openid%20profile")).await;
+    assert_eq!(status, Status::SeeOther);
+    assert!(query(&loc).contains_key("code"), "remembered");
+    let (status, _, page) = authorize(&app.client, &ask("openid%20profile%20tchap")).await;
+    assert_eq!(status, Status::Ok, "more is asked: consent again");
+    assert!(page.contains("Identifiant Tchap"));
+    let (status, _, _) = authorize(&app.client, &format!("{}&prompt=consent", ask("openid"))).await;
+    assert_eq!(status, Status::Ok, "prompt=consent asks again");
+}
+
+#[rocket::async_test]
+async fn oidcc_pkce_and_public_clients() {
+    let (app, rp, _) = setup().await;
+    let public = |extra: &str| {
+        format!(
+            "response_type=code&client_id={}&redirect_uri={}&scope=openid{extra}",
+            rp.public_id,
+            enc(PUBLIC_RP)
+        )
+    };
+    let (_, loc, _) = authorize(&app.client, &public("")).await;
+    assert_eq!(
+        query(&loc).get("error").map(String::as_str),
+        Some("invalid_request"),
+        "public client without PKCE"
+    );
+    let (_, _, page) = authorize(
+        &app.client,
+        &public(&format!(
+            "&code_challenge={}&code_challenge_method=S256",
+            challenge()
+        )),
+    )
+    .await;
+    let code = query(&decide(&app.client, &page, "approve").await)["code"].clone();
+    let body = |verifier: &str| {
+        format!("grant_type=authorization_code&code={code}&redirect_uri={}&client_id={}&code_verifier={verifier}", enc(PUBLIC_RP), rp.public_id)
+    };
+    let (s, e, _) = token(
+        &app.client,
+        None,
+        body("wrong-verifier-wrong-verifier-wrong-verifier-00"),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (Status::BadRequest, Some("invalid_grant"))
+    );
+    // The failed attempt used the code up; the approval is remembered, so a new code comes at once.
+    let (_, loc, _) = authorize(
+        &app.client,
+        &public(&format!(
+            "&code_challenge={}&code_challenge_method=S256",
+            challenge()
+        )),
+    )
+    .await;
+    let code = query(&loc)["code"].clone();
+    let (s, t, _) = token(&app.client, None, format!("grant_type=authorization_code&code={code}&redirect_uri={}&client_id={}&code_verifier={VERIFIER}", enc(PUBLIC_RP), rp.public_id)).await;
+    assert_eq!(s, Status::Ok, "valid PKCE succeeds: {t}");
+}
+
+#[rocket::async_test]
+async fn oidcc_client_secret_post_and_wrong_secret() {
+    let (app, rp, _) = setup().await;
+    let code = code_for(&app, &rp, "").await;
+    let (s, e, www) = token(&app.client, None, format!("grant_type=authorization_code&code={code}&redirect_uri={}&client_id={}&client_secret=nope", enc(RP), rp.id)).await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (Status::Unauthorized, Some("invalid_client"))
+    );
+    assert!(www.is_some_and(|w| w.starts_with("Basic")));
+    let code = code_for(&app, &rp, "").await;
+    let (s, t, _) = token(&app.client, None, format!("grant_type=authorization_code&code={code}&redirect_uri={}&client_id={}&client_secret={}", enc(RP), rp.id, rp.secret)).await;
+    assert_eq!(s, Status::Ok, "{t}");
+}
+
+#[rocket::async_test]
+async fn oidcc_refresh_token_rotates_and_reuse_revokes_the_family() {
+    let (app, rp, _) = setup().await;
+    let code = code_for(&app, &rp, "").await;
+    let (_, first) = exchange(&app, &rp, &code).await;
+    let refresh = |rt: &str| format!("grant_type=refresh_token&refresh_token={rt}");
+    let (s, second, _) = token(
+        &app.client,
+        Some(basic(&rp.id, &rp.secret)),
+        refresh(first["refresh_token"].as_str().expect("rt")),
+    )
+    .await;
+    assert_eq!(s, Status::Ok, "{second}");
+    assert_ne!(second["refresh_token"], first["refresh_token"]);
+    let claims =
+        jwt::verify(second["id_token"].as_str().expect("id"), &jwks(&app).await).expect("verifies");
+    assert!(claims.get("nonce").is_none(), "no nonce on refresh");
+    assert_eq!(
+        userinfo_get(&app, second["access_token"].as_str().expect("at"))
+            .await
+            .0,
+        Status::Ok
+    );
+    // The first refresh token again: refused, and everything of the family stops working.
+    let (s, e, _) = token(
+        &app.client,
+        Some(basic(&rp.id, &rp.secret)),
+        refresh(first["refresh_token"].as_str().expect("rt")),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (Status::BadRequest, Some("invalid_grant"))
+    );
+    let (s, _, _) = token(
+        &app.client,
+        Some(basic(&rp.id, &rp.secret)),
+        refresh(second["refresh_token"].as_str().expect("rt")),
+    )
+    .await;
+    assert_eq!(s, Status::BadRequest);
+    assert_eq!(
+        userinfo_get(&app, second["access_token"].as_str().expect("at"))
+            .await
+            .0,
+        Status::Unauthorized
+    );
+}
+
+#[rocket::async_test]
+async fn userinfo_refuses_missing_and_bad_tokens_with_www_authenticate() {
+    let (app, _, _) = setup().await;
+    let res = app.client.get("/userinfo").dispatch().await;
+    assert_eq!(res.status(), Status::Unauthorized);
+    assert!(res
+        .headers()
+        .get_one("WWW-Authenticate")
+        .is_some_and(|w| w.starts_with("Bearer")));
+    let (s, e) = userinfo_get(&app, "not-a-token").await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (Status::Unauthorized, Some("invalid_token"))
+    );
+}
