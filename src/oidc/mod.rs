@@ -3,6 +3,7 @@
 pub mod authorize;
 pub mod claims;
 pub mod clients;
+pub mod connected;
 pub mod discovery;
 pub mod grants;
 pub mod jwt;
@@ -54,6 +55,8 @@ pub fn stage(config: &Config) -> AdHoc {
                     token::token,
                     token::userinfo_get,
                     token::userinfo_post,
+                    connected::page,
+                    connected::withdraw,
                 ],
             )
             .attach(AdHoc::on_liftoff("Signing keys refresh", move |rocket| {

@@ -580,3 +580,74 @@ async fn userinfo_refuses_missing_and_bad_tokens_with_www_authenticate() {
         (Status::Unauthorized, Some("invalid_token"))
     );
 }
+
+#[rocket::async_test]
+async fn agents_review_what_was_shared_and_revoke_a_service() {
+    let (app, rp, _) = setup().await;
+    let code = code_for(&app, &rp, "").await;
+    let (_, t) = exchange(&app, &rp, &code).await;
+    let at = t["access_token"].as_str().expect("at").to_owned();
+    let rt = t["refresh_token"].as_str().expect("rt").to_owned();
+    // A second sign-in (remembered consent) adds a line to the history.
+    let _ = code_for(&app, &rp, "").await;
+
+    let page = unescape(
+        &app.client
+            .get("/mes-services")
+            .dispatch()
+            .await
+            .into_string()
+            .await
+            .expect("page"),
+    );
+    assert_eq!(title(&page), "Mes services connectés — Portail Tchap");
+    assert!(page.contains("Démarches simplifiées") && page.contains("https://rp.example.gouv.fr"));
+    for claim in ["Prénom", "Nom", "Identifiant Tchap", "Administration"] {
+        assert!(page.contains(&format!("<li>{claim}</li>")), "lists {claim}");
+    }
+    assert!(
+        page.contains("Historique des partages (2)"),
+        "two shares in the history"
+    );
+    assert!(page.contains("Premier partage : "));
+
+    let res = app
+        .client
+        .post(format!("/mes-services/{}/retirer", rp.id))
+        .header(ContentType::Form)
+        .body(format!("csrf_token={}", csrf_token(&page)))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::SeeOther);
+    let loc = res.headers().get_one("Location").expect("back").to_owned();
+    let page = app
+        .client
+        .get(loc)
+        .dispatch()
+        .await
+        .into_string()
+        .await
+        .expect("page");
+    assert!(page.contains("Votre accord pour Démarches simplifiées est retiré"));
+    assert!(page.contains("aucun service"), "no longer listed");
+
+    // The service lost its access, and must ask again.
+    assert_eq!(userinfo_get(&app, &at).await.0, Status::Unauthorized);
+    let (s, _, _) = token(
+        &app.client,
+        Some(basic(&rp.id, &rp.secret)),
+        format!("grant_type=refresh_token&refresh_token={rt}"),
+    )
+    .await;
+    assert_eq!(s, Status::BadRequest);
+    let (status, _, _) = authorize(
+        &app.client,
+        &format!(
+            "response_type=code&client_id={}&redirect_uri={}&scope=openid",
+            rp.id,
+            enc(RP)
+        ),
+    )
+    .await;
+    assert_eq!(status, Status::Ok, "the consent page again");
+}
