@@ -51,6 +51,15 @@ pub struct AuthParams {
 }
 
 impl AuthParams {
+    /// The `prompt` values (`none`, `login`, `consent`).
+    pub fn prompts(&self) -> Vec<&str> {
+        self.prompt
+            .as_deref()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect()
+    }
+
     /// The parameters as a query string, to come back to `/authorize` after logging in.
     pub fn to_query(&self) -> String {
         let v = serde_json::to_value(self).unwrap_or_default();
@@ -131,6 +140,20 @@ fn error_page(ctx: &Ctx, key: &str) -> AuthResponse {
     )
 }
 
+/// Back to the service with `pairs`, its `state` and our `iss` (RFC 9207).
+fn back_to_service<'a>(
+    issuer: &'a str,
+    redirect_uri: &str,
+    p: &'a AuthParams,
+    mut pairs: Vec<(&'a str, &'a str)>,
+) -> AuthResponse {
+    if let Some(s) = p.state.as_deref() {
+        pairs.push(("state", s));
+    }
+    pairs.push(("iss", issuer));
+    AuthResponse::Redirect(Redirect::to(with_query(redirect_uri, &pairs)))
+}
+
 fn redirect_error(
     issuer: &str,
     redirect_uri: &str,
@@ -138,12 +161,12 @@ fn redirect_error(
     error: &str,
     description: &str,
 ) -> AuthResponse {
-    let mut pairs = vec![("error", error), ("error_description", description)];
-    if let Some(s) = p.state.as_deref() {
-        pairs.push(("state", s));
-    }
-    pairs.push(("iss", issuer));
-    AuthResponse::Redirect(Redirect::to(with_query(redirect_uri, &pairs)))
+    back_to_service(
+        issuer,
+        redirect_uri,
+        p,
+        vec![("error", error), ("error_description", description)],
+    )
 }
 
 /// Steps 1–3: the client and its redirect URI (errors shown here), then the request itself
@@ -218,12 +241,7 @@ async fn check(
             return fail("invalid_request", "max_age must be a number of seconds");
         }
     }
-    let prompts: Vec<&str> = p
-        .prompt
-        .as_deref()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
+    let prompts = p.prompts();
     if prompts.contains(&"none") && prompts.len() > 1 {
         return fail("invalid_request", "prompt=none cannot be combined");
     }
@@ -243,7 +261,6 @@ fn sid(keys: &Keys, session_id: i64) -> String {
 }
 
 /// Issues the code and sends the agent back to the service.
-#[allow(clippy::too_many_arguments)]
 async fn approve(
     conn: &mut diesel_async::AsyncPgConnection,
     keys: &Keys,
@@ -272,19 +289,15 @@ async fn approve(
         now,
     )
     .await?;
-    let mut pairs = vec![("code", code.as_str())];
-    if let Some(s) = p.state.as_deref() {
-        pairs.push(("state", s));
-    }
-    pairs.push(("iss", config.public_url()));
     tracing::info!(client = %c.client.client_id, "authorization code issued");
-    Ok(AuthResponse::Redirect(Redirect::to(with_query(
+    Ok(back_to_service(
+        config.public_url(),
         &c.redirect_uri,
-        &pairs,
-    ))))
+        p,
+        vec![("code", code.as_str())],
+    ))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn authorize(
     mut ctx: Ctx,
     p: AuthParams,
@@ -310,12 +323,7 @@ async fn authorize(
         Err(response) => return Ok(response),
     };
     let now = Utc::now();
-    let prompts: Vec<&str> = p
-        .prompt
-        .as_deref()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
+    let prompts = p.prompts();
     let max_age = p.max_age.as_deref().and_then(|m| m.parse::<i64>().ok());
     let user = ctx.user.clone();
     let fresh = |u: &CurrentUser| p.fresh.is_some_and(|f| u.auth_time.timestamp() >= f);
