@@ -67,6 +67,9 @@ fn render(
 
 /// When the login leads on to a service (OpenID), the form's redirects end there: allow it.
 async fn with_service_csp(db: &Db, next: &str, mut page: Page) -> Page {
+    if !next.starts_with("/authorize?") {
+        return page;
+    }
     if let Ok(mut conn) = db.get().await {
         page.csp = crate::oidc::authorize::service_origin_for(&mut conn, next)
             .await

@@ -335,42 +335,35 @@ async fn authorize(
                 || max_age.is_some_and(|m| (now - u.auth_time).num_seconds() >= m.max(1))
         }
     };
-    if prompts.contains(&"none") {
-        if must_log_in {
+    let user = match user {
+        Some(u) if !must_log_in => u,
+        _ if prompts.contains(&"none") => {
             return Ok(redirect_error(
                 issuer,
                 &c.redirect_uri,
                 &p,
                 "login_required",
-                "the agent is not logged in",
+                "the agent must log in",
             ));
         }
-    } else if must_log_in {
-        let mut back = p.clone();
-        if user.is_some() || prompts.contains(&"login") || max_age.is_some() {
-            back.fresh = Some(now.timestamp());
+        logged_in => {
+            let mut back = p.clone();
+            if logged_in.is_some() || prompts.contains(&"login") || max_age.is_some() {
+                back.fresh = Some(now.timestamp());
+            }
+            let next = format!("/authorize?{}", back.to_query());
+            let mut pairs = vec![("next", next.as_str())];
+            if let Some(h) = p.login_hint.as_deref() {
+                pairs.push(("login_hint", h));
+            }
+            if logged_in.is_some() {
+                pairs.push(("force", "1"));
+            }
+            return Ok(AuthResponse::Redirect(Redirect::to(with_query(
+                "/connexion",
+                &pairs,
+            ))));
         }
-        let next = format!("/authorize?{}", back.to_query());
-        let mut pairs = vec![("next", next.as_str())];
-        if let Some(h) = p.login_hint.as_deref() {
-            pairs.push(("login_hint", h));
-        }
-        if user.is_some() {
-            pairs.push(("force", "1"));
-        }
-        return Ok(AuthResponse::Redirect(Redirect::to(with_query(
-            "/connexion",
-            &pairs,
-        ))));
-    }
-    let Some(user) = user else {
-        return Ok(redirect_error(
-            issuer,
-            &c.redirect_uri,
-            &p,
-            "login_required",
-            "the agent is not logged in",
-        ));
     };
     let remembered = grants::consent_covers(
         &mut conn,

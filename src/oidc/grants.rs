@@ -285,7 +285,7 @@ pub async fn grant_for_token(
     token: &str,
     kind: &str,
     now: DateTime<Utc>,
-) -> QueryResult<Option<(i64, Grant)>> {
+) -> QueryResult<Option<Grant>> {
     oidc_tokens::table
         .inner_join(oidc_grants::table)
         .filter(oidc_tokens::token_hash.eq(crypto::sha256(token.as_bytes())))
@@ -293,7 +293,7 @@ pub async fn grant_for_token(
         .filter(oidc_tokens::expires_at.gt(now))
         .filter(oidc_tokens::revoked_at.is_null())
         .filter(oidc_grants::revoked_at.is_null())
-        .select((oidc_tokens::id, Grant::as_select()))
+        .select(Grant::as_select())
         .first(conn)
         .await
         .optional()

@@ -110,24 +110,7 @@ impl<'r> FromRequest<'r> for BasicAuth {
 
 /// Decodes `application/x-www-form-urlencoded` text.
 pub fn url_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 2;
-                }
-                Err(_) => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    rocket::http::RawStr::new(s).url_decode_lossy().into_owned()
 }
 
 /// Authenticates the client: Basic, or `client_secret` in the body, or none for a public client.
@@ -448,7 +431,7 @@ async fn userinfo(
         );
     };
     let grant = match grants::grant_for_token(&mut conn, &token, "access", Utc::now()).await {
-        Ok(Some((_, g))) => g,
+        Ok(Some(g)) => g,
         Ok(None) => return invalid("unknown, expired or revoked token"),
         Err(_) => {
             return Api::error(

@@ -9,8 +9,6 @@ use rocket::Request;
 use rocket_dyn_templates::Template;
 use serde::Serialize;
 
-use crate::web::i18n::Lang;
-
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct FieldErrors {
     /// field name → translated message, in form order.
@@ -32,17 +30,6 @@ impl FieldErrors {
 
     pub fn is_empty(&self) -> bool {
         self.fields.is_empty() && self.form.is_none()
-    }
-
-    /// Messages from `validator` derive errors: each error's `code` is a catalog key.
-    pub fn from_validation(errors: &validator::ValidationErrors, lang: Lang) -> FieldErrors {
-        let mut out = FieldErrors::default();
-        for (field, errs) in errors.field_errors() {
-            if let Some(e) = errs.first() {
-                out.add(&field, lang.t(&e.code));
-            }
-        }
-        out
     }
 }
 

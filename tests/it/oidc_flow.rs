@@ -651,3 +651,85 @@ async fn agents_review_what_was_shared_and_revoke_a_service() {
     .await;
     assert_eq!(status, Status::Ok, "the consent page again");
 }
+
+#[rocket::async_test]
+async fn oidcc_authorize_by_post_from_the_services_form() {
+    let (app, rp, _) = setup().await;
+    // A service's auto-submitted form carries no CSRF token of ours: /authorize accepts it.
+    let res = app
+        .client
+        .post("/authorize")
+        .header(ContentType::Form)
+        .body(format!(
+            "response_type=code&client_id={}&redirect_uri={}&scope=openid%20profile&state=post",
+            rp.id,
+            enc(RP)
+        ))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::Ok);
+    let page = res.into_string().await.expect("consent page");
+    assert!(page.contains("Partager vos informations avec"));
+    let q = query(&decide(&app.client, &page, "approve").await);
+    assert_eq!(q.get("state").map(String::as_str), Some("post"));
+    assert!(q.contains_key("code"));
+}
+
+#[rocket::async_test]
+async fn es256_id_tokens_and_signed_userinfo_for_clients_registered_for_them() {
+    let (app, _, user_id) = setup().await;
+    let mut conn = app.db.conn().await;
+    let (c, secret) = clients::add(
+        &mut conn,
+        &NewClient {
+            name: "ProConnect-like".into(),
+            redirect_uris: vec![RP.into()],
+            post_logout_redirect_uris: vec![],
+            public: false,
+            subject_type: "public".into(),
+            id_token_alg: "ES256".into(),
+            userinfo_signed: true,
+        },
+        Utc::now(),
+    )
+    .await
+    .expect("client");
+    let rp = Rp {
+        id: c.client_id.clone(),
+        secret: secret.expect("secret"),
+        public_id: String::new(),
+    };
+    let code = code_for(&app, &rp, "").await;
+    let (s, t) = exchange(&app, &rp, &code).await;
+    assert_eq!(s, Status::Ok, "{t}");
+    let id_token = t["id_token"].as_str().expect("id_token");
+    let header: Value = serde_json::from_slice(
+        &tchap_portal::crypto::b64url_decode(id_token.split('.').next().expect("header"))
+            .expect("b64"),
+    )
+    .expect("json");
+    assert_eq!(header["alg"], "ES256");
+    let keys = jwks(&app).await;
+    let claims = jwt::verify(id_token, &keys).expect("ES256 signature verifies");
+
+    let res = app
+        .client
+        .get("/userinfo")
+        .header(Header::new(
+            "Authorization",
+            format!("Bearer {}", t["access_token"].as_str().expect("at")),
+        ))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::Ok);
+    assert_eq!(
+        res.content_type().map(|c| c.to_string()),
+        Some("application/jwt".into())
+    );
+    let signed = res.into_string().await.expect("jwt");
+    let info = jwt::verify(&signed, &keys).expect("signed userinfo verifies");
+    assert_eq!(info["aud"], c.client_id.as_str());
+    assert_eq!(info["iss"], "http://127.0.0.1:8000");
+    assert_eq!(info["sub"], claims["sub"]);
+    assert_eq!(info["matrix_user_id"], user_id.as_str());
+}
