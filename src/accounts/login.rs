@@ -258,17 +258,17 @@ pub async fn login(
     Ok(Either::Left(Redirect::to(next)))
 }
 
-#[post("/deconnexion")]
-pub async fn logout(
-    user: Option<CurrentUser>,
+/// Ends the agent's session: revokes the Matrix token (whatever the homeserver says, the portal
+/// session ends), deletes the session row, clears the cookie and renews the CSRF secret.
+pub async fn end_session(
+    user: Option<&CurrentUser>,
     cookies: &CookieJar<'_>,
-    db: &State<Db>,
-    matrix: &State<MatrixClient>,
-    keys: &State<Keys>,
-    config: &State<Config>,
-) -> Result<Redirect, AppError> {
+    db: &Db,
+    matrix: &MatrixClient,
+    keys: &Keys,
+    config: &Config,
+) -> Result<(), AppError> {
     if let Some(user) = user {
-        // Revoke the Matrix token first; the portal session ends whatever the homeserver says.
         match user.access_token(keys) {
             Ok(token) => {
                 if let Err(e) = matrix.logout(&user.homeserver_url, &token).await {
@@ -279,8 +279,22 @@ pub async fn logout(
         }
         let mut conn = db.get().await?;
         session::delete(&mut conn, user.id).await?;
+        tracing::info!(user = %user.matrix_user_id, "logged out");
     }
     session::clear_cookie(cookies, config.release);
     csrf::rotate(cookies, config.release);
+    Ok(())
+}
+
+#[post("/deconnexion")]
+pub async fn logout(
+    user: Option<CurrentUser>,
+    cookies: &CookieJar<'_>,
+    db: &State<Db>,
+    matrix: &State<MatrixClient>,
+    keys: &State<Keys>,
+    config: &State<Config>,
+) -> Result<Redirect, AppError> {
+    end_session(user.as_ref(), cookies, db, matrix, keys, config).await?;
     Ok(Redirect::to("/"))
 }

@@ -252,7 +252,8 @@ async fn check(
     }))
 }
 
-fn sid(keys: &Keys, session_id: i64) -> String {
+/// The session identifier a service sees (`sid`): not the row id itself.
+pub fn sid(keys: &Keys, session_id: i64) -> String {
     crypto::b64url(
         &keys
             .hmac("oidc-sid", &session_id.to_be_bytes())

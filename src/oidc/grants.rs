@@ -349,3 +349,75 @@ pub async fn use_refresh_token(
         }
     }
 }
+
+/// A token as the revocation and introspection endpoints see it, valid or not.
+pub struct TokenInfo {
+    pub id: i64,
+    pub kind: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Whether it can still be used now (not expired, not revoked, grant live, refresh unused).
+    pub active: bool,
+    pub grant: Grant,
+}
+
+pub async fn lookup_token(
+    conn: &mut AsyncPgConnection,
+    token: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<Option<TokenInfo>> {
+    type Row = (
+        i64,
+        String,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Grant,
+    );
+    let row: Option<Row> = oidc_tokens::table
+        .inner_join(oidc_grants::table)
+        .filter(oidc_tokens::token_hash.eq(crypto::sha256(token.as_bytes())))
+        .select((
+            oidc_tokens::id,
+            oidc_tokens::kind,
+            oidc_tokens::created_at,
+            oidc_tokens::expires_at,
+            oidc_tokens::used_at,
+            oidc_tokens::revoked_at,
+            Grant::as_select(),
+        ))
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(row.map(
+        |(id, kind, created_at, expires_at, used_at, revoked_at, grant)| TokenInfo {
+            active: expires_at > now
+                && revoked_at.is_none()
+                && grant.revoked_at.is_none()
+                && used_at.is_none(),
+            id,
+            kind,
+            created_at,
+            expires_at,
+            grant,
+        },
+    ))
+}
+
+/// Revokes one token.
+pub async fn revoke_token(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::update(
+        oidc_tokens::table
+            .find(id)
+            .filter(oidc_tokens::revoked_at.is_null()),
+    )
+    .set(oidc_tokens::revoked_at.eq(now))
+    .execute(conn)
+    .await?;
+    Ok(())
+}

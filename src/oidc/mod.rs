@@ -8,6 +8,8 @@ pub mod discovery;
 pub mod grants;
 pub mod jwt;
 pub mod keys;
+pub mod logout;
+pub mod revocation;
 pub mod token;
 
 use std::time::Duration;
@@ -57,6 +59,11 @@ pub fn stage(config: &Config) -> AdHoc {
                     token::userinfo_post,
                     connected::page,
                     connected::withdraw,
+                    revocation::revoke,
+                    revocation::introspect,
+                    logout::logout_get,
+                    logout::logout_post,
+                    logout::confirm,
                 ],
             )
             .attach(AdHoc::on_liftoff("Signing keys refresh", move |rocket| {

@@ -26,6 +26,11 @@ pub const EXEMPT: &[&str] = &[
     // OpenID Connect, called by services' servers: client authentication or bearer token.
     "/token",
     "/userinfo",
+    "/revoke",
+    "/introspect",
+    // RP-initiated logout: a service may POST here; it ends a session only for a valid
+    // id_token_hint naming the agent, otherwise it shows a confirmation form (with a token).
+    "/logout",
 ];
 
 /// Where a rejected POST is rerouted: it answers 403 through the DSFR catcher.

@@ -15,6 +15,7 @@ use crate::common::{csrf_token, title, unescape, TestApp};
 
 const PASSWORD: &str = "Correct-horse-42";
 const RP: &str = "https://rp.example.gouv.fr/callback";
+const RP_BYE: &str = "https://rp.example.gouv.fr/au-revoir";
 const PUBLIC_RP: &str = "http://127.0.0.1:9999/cb";
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk-long-enough-verifier";
 
@@ -30,7 +31,7 @@ async fn setup() -> (TestApp, Rp, String) {
     let new = |public: bool, uri: &str| NewClient {
         name: "Démarches simplifiées".into(),
         redirect_uris: vec![uri.into()],
-        post_logout_redirect_uris: vec![],
+        post_logout_redirect_uris: vec![RP_BYE.into()],
         public,
         subject_type: "pairwise".into(),
         id_token_alg: "RS256".into(),
@@ -732,4 +733,467 @@ async fn es256_id_tokens_and_signed_userinfo_for_clients_registered_for_them() {
     assert_eq!(info["iss"], "http://127.0.0.1:8000");
     assert_eq!(info["sub"], claims["sub"]);
     assert_eq!(info["matrix_user_id"], user_id.as_str());
+}
+
+#[rocket::async_test]
+async fn oidcc_codereuse_30seconds_fails_and_revokes_what_the_code_gave() {
+    use diesel_async::RunQueryDsl;
+    let (app, rp, _) = setup().await;
+    let code = code_for(&app, &rp, "").await;
+    let (s, t) = exchange(&app, &rp, &code).await;
+    assert_eq!(s, Status::Ok);
+    let at = t["access_token"].as_str().expect("at");
+    assert_eq!(userinfo_get(&app, at).await.0, Status::Ok);
+    // 30 seconds later, as the OpenID Foundation's test waits: moved back in the database.
+    let mut conn = app.db.conn().await;
+    diesel::sql_query(
+        "UPDATE oidc_codes SET used_at = used_at - interval '30 seconds', \
+         expires_at = expires_at - interval '30 seconds'",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("time passes");
+    let (s, e) = exchange(&app, &rp, &code).await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (Status::BadRequest, Some("invalid_grant"))
+    );
+    assert_eq!(userinfo_get(&app, at).await.0, Status::Unauthorized);
+    let (s, e, _) = token(
+        &app.client,
+        Some(basic(&rp.id, &rp.secret)),
+        format!(
+            "grant_type=refresh_token&refresh_token={}",
+            t["refresh_token"].as_str().expect("rt")
+        ),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (Status::BadRequest, Some("invalid_grant"))
+    );
+}
+
+async fn post_form(
+    app: &TestApp,
+    path: &str,
+    auth: Option<Header<'static>>,
+    body: String,
+) -> (Status, Value) {
+    let mut req = app
+        .client
+        .post(path.to_owned())
+        .header(ContentType::Form)
+        .body(body);
+    if let Some(h) = auth {
+        req = req.header(h);
+    }
+    let res = req.dispatch().await;
+    let status = res.status();
+    assert_eq!(
+        res.headers().get_one("Cache-Control"),
+        Some("no-store"),
+        "{path}"
+    );
+    (
+        status,
+        serde_json::from_str(&res.into_string().await.unwrap_or_default()).unwrap_or(Value::Null),
+    )
+}
+
+/// A second confidential client, to check that clients cannot touch each other's tokens.
+async fn other_client(app: &TestApp) -> (String, String) {
+    let mut conn = app.db.conn().await;
+    let (c, secret) = clients::add(
+        &mut conn,
+        &NewClient {
+            name: "Autre service".into(),
+            redirect_uris: vec!["https://autre.example.gouv.fr/cb".into()],
+            post_logout_redirect_uris: vec![],
+            public: false,
+            subject_type: "pairwise".into(),
+            id_token_alg: "RS256".into(),
+            userinfo_signed: false,
+        },
+        Utc::now(),
+    )
+    .await
+    .expect("client");
+    (c.client_id, secret.expect("secret"))
+}
+
+#[rocket::async_test]
+async fn revocation_ends_an_access_token_or_a_whole_grant() {
+    let (app, rp, _) = setup().await;
+    let (other_id, other_secret) = other_client(&app).await;
+    let (_, t) = exchange(&app, &rp, &code_for(&app, &rp, "").await).await;
+    let at = t["access_token"].as_str().expect("at").to_owned();
+    let rt = t["refresh_token"].as_str().expect("rt").to_owned();
+
+    // Without client authentication: refused; by another client: refused, and nothing changes.
+    let (s, e) = post_form(&app, "/revoke", None, format!("token={at}")).await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (Status::Unauthorized, Some("invalid_client"))
+    );
+    let (s, e) = post_form(
+        &app,
+        "/revoke",
+        Some(basic(&other_id, &other_secret)),
+        format!("token={at}"),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (Status::BadRequest, Some("invalid_request"))
+    );
+    assert_eq!(userinfo_get(&app, &at).await.0, Status::Ok);
+    // Unknown tokens are answered 200 (RFC 7009 §2.2); unknown hints are refused.
+    let (s, _) = post_form(
+        &app,
+        "/revoke",
+        Some(basic(&rp.id, &rp.secret)),
+        "token=nope".into(),
+    )
+    .await;
+    assert_eq!(s, Status::Ok);
+    let (s, e) = post_form(
+        &app,
+        "/revoke",
+        Some(basic(&rp.id, &rp.secret)),
+        format!("token={at}&token_type_hint=id_token"),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (Status::BadRequest, Some("unsupported_token_type"))
+    );
+
+    // The access token: it stops working, the refresh token still works.
+    let (s, _) = post_form(
+        &app,
+        "/revoke",
+        Some(basic(&rp.id, &rp.secret)),
+        format!("token={at}&token_type_hint=access_token"),
+    )
+    .await;
+    assert_eq!(s, Status::Ok);
+    assert_eq!(userinfo_get(&app, &at).await.0, Status::Unauthorized);
+    let (s, next, _) = token(
+        &app.client,
+        Some(basic(&rp.id, &rp.secret)),
+        format!("grant_type=refresh_token&refresh_token={rt}"),
+    )
+    .await;
+    assert_eq!(s, Status::Ok, "{next}");
+
+    // The refresh token (client_secret_post this time): the whole grant ends.
+    let at2 = next["access_token"].as_str().expect("at");
+    let rt2 = next["refresh_token"].as_str().expect("rt");
+    let (s, _) = post_form(
+        &app,
+        "/revoke",
+        None,
+        format!(
+            "token={rt2}&client_id={}&client_secret={}",
+            rp.id,
+            enc(&rp.secret)
+        ),
+    )
+    .await;
+    assert_eq!(s, Status::Ok);
+    assert_eq!(userinfo_get(&app, at2).await.0, Status::Unauthorized);
+    let (s, e, _) = token(
+        &app.client,
+        Some(basic(&rp.id, &rp.secret)),
+        format!("grant_type=refresh_token&refresh_token={rt2}"),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (Status::BadRequest, Some("invalid_grant"))
+    );
+}
+
+#[rocket::async_test]
+async fn introspection_describes_live_tokens_to_their_client_only() {
+    let (app, rp, _) = setup().await;
+    let (other_id, other_secret) = other_client(&app).await;
+    let (_, t) = exchange(&app, &rp, &code_for(&app, &rp, "").await).await;
+    let at = t["access_token"].as_str().expect("at");
+    let id_claims =
+        jwt::verify(t["id_token"].as_str().expect("id"), &jwks(&app).await).expect("verifies");
+
+    let (s, info) = post_form(
+        &app,
+        "/introspect",
+        Some(basic(&rp.id, &rp.secret)),
+        format!("token={at}"),
+    )
+    .await;
+    assert_eq!(s, Status::Ok);
+    assert_eq!(info["active"], true);
+    assert_eq!(info["client_id"], rp.id.as_str());
+    assert_eq!(
+        info["sub"], id_claims["sub"],
+        "the same pairwise subject as the ID token"
+    );
+    assert_eq!(info["scope"], "openid email profile tchap");
+    assert_eq!(info["token_type"], "Bearer");
+    assert!(info["exp"].as_i64() > Some(Utc::now().timestamp()));
+    let (_, info) = post_form(
+        &app,
+        "/introspect",
+        Some(basic(&rp.id, &rp.secret)),
+        format!("token={}", t["refresh_token"].as_str().expect("rt")),
+    )
+    .await;
+    assert_eq!(
+        (info["active"].as_bool(), info["token_type"].as_str()),
+        (Some(true), Some("refresh_token"))
+    );
+
+    // Another client learns nothing; a public client cannot introspect; junk is inactive.
+    let (s, info) = post_form(
+        &app,
+        "/introspect",
+        Some(basic(&other_id, &other_secret)),
+        format!("token={at}"),
+    )
+    .await;
+    assert_eq!(
+        (s, info),
+        (Status::Ok, serde_json::json!({"active": false}))
+    );
+    let (s, e) = post_form(
+        &app,
+        "/introspect",
+        None,
+        format!("token={at}&client_id={}", rp.public_id),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (Status::Unauthorized, Some("invalid_client"))
+    );
+    let (_, info) = post_form(
+        &app,
+        "/introspect",
+        Some(basic(&rp.id, &rp.secret)),
+        "token=junk".into(),
+    )
+    .await;
+    assert_eq!(info, serde_json::json!({"active": false}));
+    let (s, e) = post_form(
+        &app,
+        "/introspect",
+        Some(basic(&rp.id, &rp.secret)),
+        String::new(),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (Status::BadRequest, Some("invalid_request"))
+    );
+
+    // Revoked: inactive.
+    post_form(
+        &app,
+        "/revoke",
+        Some(basic(&rp.id, &rp.secret)),
+        format!("token={at}"),
+    )
+    .await;
+    let (_, info) = post_form(
+        &app,
+        "/introspect",
+        Some(basic(&rp.id, &rp.secret)),
+        format!("token={at}"),
+    )
+    .await;
+    assert_eq!(info, serde_json::json!({"active": false}));
+}
+
+async fn logged_in(app: &TestApp) -> bool {
+    app.client.get("/mes-services").dispatch().await.status() == Status::Ok
+}
+
+#[rocket::async_test]
+async fn oidcc_rp_initiated_logout_with_id_token_hint_goes_back_with_state() {
+    let (app, rp, _) = setup().await;
+    let (_, t) = exchange(&app, &rp, &code_for(&app, &rp, "").await).await;
+    let hint = t["id_token"].as_str().expect("id_token").to_owned();
+
+    // A redirect that is not registered: an error page, no redirect, still logged in.
+    let res = app
+        .client
+        .get(format!(
+            "/logout?id_token_hint={hint}&post_logout_redirect_uri={}",
+            enc("https://evil.example/")
+        ))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::BadRequest);
+    let page = unescape(&res.into_string().await.expect("page"));
+    assert!(
+        title(&page).starts_with("Déconnexion impossible"),
+        "{}",
+        title(&page)
+    );
+    assert!(logged_in(&app).await);
+    // A tampered hint: refused the same way.
+    let mut parts: Vec<&str> = hint.split('.').collect();
+    let forged =
+        tchap_portal::crypto::b64url(br#"{"iss":"http://127.0.0.1:8000","aud":"x","sub":"y"}"#);
+    parts[1] = &forged;
+    let res = app
+        .client
+        .get(format!("/logout?id_token_hint={}", parts.join(".")))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::BadRequest);
+    assert!(logged_in(&app).await);
+
+    // The real hint for this agent: logged out at once, back at the service with its state.
+    let res = app
+        .client
+        .get(format!(
+            "/logout?id_token_hint={hint}&post_logout_redirect_uri={}&state=bye-1",
+            enc(RP_BYE)
+        ))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::SeeOther);
+    assert_eq!(
+        res.headers().get_one("Location"),
+        Some(format!("{RP_BYE}?state=bye-1").as_str())
+    );
+    assert!(!logged_in(&app).await, "the portal session has ended");
+    // Once logged out, the same request just goes back.
+    let res = app
+        .client
+        .get(format!(
+            "/logout?id_token_hint={hint}&post_logout_redirect_uri={}",
+            enc(RP_BYE)
+        ))
+        .dispatch()
+        .await;
+    assert_eq!(res.headers().get_one("Location"), Some(RP_BYE));
+}
+
+#[rocket::async_test]
+async fn rp_initiated_logout_without_hint_asks_the_agent_first() {
+    let (app, rp, _) = setup().await;
+    let res = app
+        .client
+        .get(format!(
+            "/logout?client_id={}&post_logout_redirect_uri={}&state=s-9",
+            rp.id,
+            enc(RP_BYE)
+        ))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::Ok);
+    let csp = res
+        .headers()
+        .get_one("Content-Security-Policy")
+        .expect("csp")
+        .to_owned();
+    assert!(
+        csp.contains("form-action 'self' https://rp.example.gouv.fr"),
+        "{csp}"
+    );
+    let page = unescape(&res.into_string().await.expect("page"));
+    assert_eq!(title(&page), "Se déconnecter de Tchap — Portail Tchap");
+    assert!(page.contains("Le service Démarches simplifiées demande"));
+    assert!(
+        logged_in(&app).await,
+        "nothing happens before the agent confirms"
+    );
+
+    // Confirming without the page's token is refused (CSRF), with it the agent goes back.
+    let body = format!(
+        "client_id={}&post_logout_redirect_uri={}&state=s-9",
+        rp.id,
+        enc(RP_BYE)
+    );
+    let res = app
+        .client
+        .post("/logout/confirmer")
+        .header(ContentType::Form)
+        .body(body.clone())
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::Forbidden);
+    assert!(logged_in(&app).await);
+    let res = app
+        .client
+        .post("/logout/confirmer")
+        .header(ContentType::Form)
+        .body(format!("csrf_token={}&{body}", csrf_token(&page)))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::SeeOther);
+    assert_eq!(
+        res.headers().get_one("Location"),
+        Some(format!("{RP_BYE}?state=s-9").as_str())
+    );
+    assert!(!logged_in(&app).await);
+
+    // Without any service: a page saying so.
+    let (_, user_id) = new_user("agent", PASSWORD, None).await;
+    login(&app.client, &user_id).await;
+    let page = app
+        .client
+        .get("/logout")
+        .dispatch()
+        .await
+        .into_string()
+        .await
+        .expect("page");
+    let res = app
+        .client
+        .post("/logout/confirmer")
+        .header(ContentType::Form)
+        .body(format!("csrf_token={}", csrf_token(&page)))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::Ok);
+    let page = unescape(&res.into_string().await.expect("page"));
+    assert_eq!(title(&page), "Vous êtes déconnecté — Portail Tchap");
+    assert!(!logged_in(&app).await);
+}
+
+#[rocket::async_test]
+async fn discovery_announces_revocation_introspection_and_logout() {
+    let app = TestApp::new().await;
+    let doc: Value = serde_json::from_str(
+        &app.client
+            .get("/.well-known/openid-configuration")
+            .dispatch()
+            .await
+            .into_string()
+            .await
+            .expect("doc"),
+    )
+    .expect("json");
+    for (field, path, method) in [
+        ("revocation_endpoint", "/revoke", "POST"),
+        ("introspection_endpoint", "/introspect", "POST"),
+        ("end_session_endpoint", "/logout", "GET"),
+    ] {
+        let url = doc[field].as_str().unwrap_or_else(|| panic!("{field}"));
+        assert_eq!(url, format!("http://127.0.0.1:8000{path}"));
+        let res = if method == "POST" {
+            app.client
+                .post(path)
+                .header(ContentType::Form)
+                .body("token=x")
+                .dispatch()
+                .await
+        } else {
+            app.client.get(path).dispatch().await
+        };
+        assert_ne!(res.status(), Status::NotFound, "{field} is served");
+    }
 }

@@ -378,6 +378,11 @@ async fn every_template_renders_with_sample_data() {
         ),
         ("oidc/error", json!({"message_key": "oidc.error.client"})),
         (
+            "oidc/logout",
+            json!({"client_name": "Démarches", "client_id": "abc", "post_logout_redirect_uri": "https://rp.example.gouv.fr/bye", "state": "s1"}),
+        ),
+        ("oidc/logged_out", json!({"client_name": "Démarches"})),
+        (
             "oidc/services",
             json!({"revoked": "Démarches", "services": [{"client_id": "abc", "name": "Démarches", "origin": "https://rp.example.gouv.fr",
                    "claims": ["Prénom"], "first": "01/11/2026 10:00", "last": "02/11/2026 11:00",
