@@ -117,3 +117,61 @@ async fn home_error_page_and_language_switch_in_chromium_without_javascript() {
     );
     assert_accessible(&report);
 }
+
+#[rocket::async_test]
+async fn a_third_party_relying_party_library_completes_a_flow() {
+    use chrono::Utc;
+    use tchap_portal::oidc::clients::{self, NewClient};
+
+    let (base, db) = serve().await;
+    let port = free_port();
+    let (c, secret) = clients::add(
+        &mut db.conn().await,
+        &NewClient {
+            name: "Service de test (openid-client)".into(),
+            redirect_uris: vec![format!("http://127.0.0.1:{port}/cb")],
+            post_logout_redirect_uris: vec![],
+            public: false,
+            subject_type: "pairwise".into(),
+            id_token_alg: "ES256".into(),
+            userinfo_signed: false,
+        },
+        Utc::now(),
+    )
+    .await
+    .expect("client");
+    let password = "Correct-horse-42";
+    let (_, user_id) =
+        crate::common::matrix::new_user("rp", password, Some("Camille Durand [DINUM]")).await;
+    let spec = json!({
+        "issuer": base, "client_id": c.client_id, "client_secret": secret.expect("secret"),
+        "port": port, "identifier": user_id, "password": password,
+    });
+    let output = rocket::tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("tests/browser/rp.cjs")
+            .arg(spec.to_string())
+            .env("NODE_PATH", env("IT_NODE_PATH"))
+            .env("IT_CHROMIUM", env("IT_CHROMIUM"))
+            .output()
+            .expect("run node")
+    })
+    .await
+    .expect("join");
+    assert!(
+        output.status.success(),
+        "openid-client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out: Value = serde_json::from_slice(&output.stdout).expect("report");
+    let claims = &out["claims"];
+    assert_eq!(claims["iss"], base.as_str());
+    assert_eq!(claims["aud"], c.client_id.as_str());
+    assert!(out["callback"].as_str().is_some_and(|u| u.contains("iss=")));
+    let info = &out["userinfo"];
+    assert_eq!(info["sub"], claims["sub"]);
+    assert_eq!(info["given_name"], "Camille");
+    assert_eq!(info["family_name"], "Durand");
+    assert_eq!(info["organization"], "DINUM");
+    assert_eq!(info["matrix_user_id"], user_id.as_str());
+}
