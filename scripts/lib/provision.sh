@@ -12,6 +12,8 @@ VENV=$CACHE/venv
 NODE_DIR=$CACHE/node
 SYNAPSE_VERSION=${SYNAPSE_VERSION:-1.163.2}
 AIOSMTPD_VERSION=1.4.6
+# Bump when the Synapse settings below change: existing state folders get them at next start.
+SYNAPSE_CONFIG=2
 mkdir -p "$CACHE" "$STATE/log"
 
 PIDS=()
@@ -137,8 +139,12 @@ start_synapse() {
     say "Synapse: generating a configuration in $dir"
     "$VENV/bin/python" -m synapse.app.homeserver --server-name localhost --config-path "$dir/homeserver.yaml" \
       --data-directory "$dir" --generate-config --report-stats=no >"$STATE/log/synapse-generate.log" 2>&1
+  fi
+  # Our settings on top of the generated file; applied again when they change (SYNAPSE_CONFIG).
+  if [ "$(cat "$dir/portal-config" 2>/dev/null)" != "$SYNAPSE_CONFIG" ]; then
     local secret
-    secret=$(openssl rand -hex 32)
+    secret=$(sed -n 's/^registration_shared_secret: *//p' "$dir/homeserver.yaml" | tr -d "'\"")
+    [ -n "$secret" ] || secret=$(openssl rand -hex 32)
     # Replace the generated listeners and database with loopback + SQLite, Tchap-like defaults.
     "$VENV/bin/python" - "$dir/homeserver.yaml" "$SYNAPSE_PORT" "$secret" <<'PY'
 import sys, yaml
@@ -164,6 +170,8 @@ c["rc_login"] = {"address": big, "account": big, "failed_attempts": big}
 c["rc_joins"] = {"local": big, "remote": big}
 c["rc_invites"] = {"per_room": big, "per_user": big, "per_issuer": big}
 c["caches"] = {"global_factor": 0.5}
+# Like Tchap: accounts expire (an administrator can set an account's end, as the tests do).
+c["account_validity"] = {"enabled": True, "period": "3650d"}
 c["log_config"] = path.replace("homeserver.yaml", "log.yaml")
 yaml.safe_dump(c, open(path, "w"))
 open(path.replace("homeserver.yaml", "log.yaml"), "w").write(
@@ -171,6 +179,7 @@ open(path.replace("homeserver.yaml", "log.yaml"), "w").write(
     "handlers:\n  file:\n    class: logging.FileHandler\n    filename: " + path.replace("homeserver.yaml", "homeserver.log") +
     "\n    formatter: f\nroot:\n  level: WARNING\n  handlers: [file]\ndisable_existing_loggers: false\n")
 PY
+    echo "$SYNAPSE_CONFIG" >"$dir/portal-config"
   fi
   say "Synapse: starting on http://127.0.0.1:$SYNAPSE_PORT"
   (cd "$dir" && exec "$VENV/bin/python" -m synapse.app.homeserver -c homeserver.yaml >"$STATE/log/synapse.log" 2>&1) &

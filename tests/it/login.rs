@@ -240,3 +240,25 @@ async fn a_homeserver_down_or_silent_gives_a_clear_page_with_the_input_kept() {
     }
     drop(silent);
 }
+
+#[rocket::async_test]
+async fn an_expired_tchap_account_gets_its_own_message_and_no_session() {
+    let app = TestApp::new().await;
+    let (_, user_id) = new_user("expired", PASSWORD, None).await;
+    crate::common::matrix::expire(&user_id).await;
+    let (status, location, html) = post_login(&app.client, &user_id, PASSWORD, "/").await;
+    assert_eq!((status, location), (Status::Ok, None));
+    assert!(html.contains("Votre compte Tchap a expiré"), "{html}");
+    assert!(title(&html).starts_with("Erreur : "));
+    assert!(
+        html.contains(&format!("value=\"{user_id}\"")),
+        "identifier kept"
+    );
+    let mut conn = app.db.conn().await;
+    let n: i64 = sessions::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(n, 0, "no session for an expired account");
+}

@@ -17,6 +17,17 @@ pub async fn new_user(
     password: &str,
     display_name: Option<&str>,
 ) -> (String, String) {
+    let (local, user_id, _) = register(prefix, password, display_name, false).await;
+    (local, user_id)
+}
+
+/// Registers a user (an administrator if `admin`); returns (localpart, Matrix ID, access token).
+pub async fn register(
+    prefix: &str,
+    password: &str,
+    display_name: Option<&str>,
+    admin: bool,
+) -> (String, String, String) {
     let local = format!(
         "{prefix}-{}",
         tchap_portal::crypto::random_token(6)
@@ -38,7 +49,13 @@ pub async fn new_user(
     let key = PKey::hmac(env("IT_SYNAPSE_SECRET").as_bytes()).expect("key");
     let mut signer = Signer::new(MessageDigest::sha1(), &key).expect("signer");
     signer
-        .update(format!("{nonce}\0{local}\0{password}\0notadmin").as_bytes())
+        .update(
+            format!(
+                "{nonce}\0{local}\0{password}\0{}",
+                if admin { "admin" } else { "notadmin" }
+            )
+            .as_bytes(),
+        )
         .expect("mac");
     let mac: String = signer
         .sign_to_vec()
@@ -49,7 +66,7 @@ pub async fn new_user(
     let res: Value = http
         .post(&url)
         .json(
-            &json!({"nonce": nonce, "username": local, "password": password, "admin": false,
+            &json!({"nonce": nonce, "username": local, "password": password, "admin": admin,
                       "mac": mac, "displayname": display_name}),
         )
         .send()
@@ -62,7 +79,25 @@ pub async fn new_user(
         .as_str()
         .unwrap_or_else(|| panic!("registered: {res}"))
         .to_owned();
-    (local, user_id)
+    let token = res["access_token"].as_str().unwrap_or_default().to_owned();
+    (local, user_id, token)
+}
+
+/// Ends `user_id`'s account validity now, as a Tchap administrator does (Synapse's
+/// account-validity admin API).
+pub async fn expire(user_id: &str) {
+    let (_, _, admin) = register("admin", "Admin-pass-42", None, true).await;
+    let res = reqwest::Client::new()
+        .post(format!(
+            "{}/_synapse/admin/v1/account_validity/validity",
+            homeserver()
+        ))
+        .bearer_auth(admin)
+        .json(&json!({"user_id": user_id, "expiration_ts": 1000, "enable_renewal_emails": false}))
+        .send()
+        .await
+        .expect("account validity");
+    assert!(res.status().is_success(), "expire: {}", res.status());
 }
 
 /// `GET /account/whoami` with a token: who it belongs to, or the HTTP status when refused.
