@@ -19,6 +19,8 @@ pub struct Settings {
     pub database_url: Option<String>,
     /// Base64 of at least 32 random bytes: derives the CSRF, encryption and HMAC keys.
     pub secret_key: Option<String>,
+    /// Matrix IDs of the portal's administrators (the admin pages: services, AudioConf domains).
+    pub admins: Vec<String>,
     pub db: DbSettings,
     pub mail: MailSettings,
     pub session: SessionSettings,
@@ -126,6 +128,7 @@ impl Default for Settings {
             public_url: "http://127.0.0.1:8000".into(),
             database_url: None,
             secret_key: None,
+            admins: vec![],
             db: DbSettings {
                 pool_size: 16,
                 timeout_secs: 5,
@@ -220,6 +223,11 @@ pub fn figment() -> Figment {
 }
 
 impl Config {
+    /// Whether `matrix_user_id` is one of the portal's administrators.
+    pub fn is_admin(&self, matrix_user_id: &str) -> bool {
+        self.settings.admins.iter().any(|a| a == matrix_user_id)
+    }
+
     pub fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
         let settings: Settings = figment
             .extract_inner("portal")
@@ -346,6 +354,16 @@ impl Config {
         }
         if o.refresh_token_ttl_hours < 1 {
             return Err(bad("oidc.refresh_token_ttl_hours", "must be at least 1"));
+        }
+        if let Some(a) = settings
+            .admins
+            .iter()
+            .find(|a| !(a.starts_with('@') && a.contains(':')))
+        {
+            return Err(bad(
+                "admins",
+                format!("{a}: each administrator is a Matrix ID such as @alice:agent.gouv.fr"),
+            ));
         }
         if origin_of(&settings.matrix.homeserver).is_none() {
             return Err(bad("matrix.homeserver", "must be an absolute http(s) URL"));

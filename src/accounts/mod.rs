@@ -1,5 +1,6 @@
 //! The one login shared by the three services: a Tchap (Matrix) account, a server-side session.
 
+pub mod admin;
 pub mod login;
 pub mod matrix;
 pub mod session;

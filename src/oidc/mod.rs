@@ -1,5 +1,6 @@
 //! Tchap Identité: an OpenID Connect provider for state services.
 
+pub mod admin;
 pub mod authorize;
 pub mod claims;
 pub mod clients;
@@ -64,6 +65,13 @@ pub fn stage(config: &Config) -> AdHoc {
                     logout::logout_get,
                     logout::logout_post,
                     logout::confirm,
+                    admin::list,
+                    admin::new_page,
+                    admin::create,
+                    admin::show,
+                    admin::rotate_secret,
+                    admin::remove_page,
+                    admin::remove,
                 ],
             )
             .attach(AdHoc::on_liftoff("Signing keys refresh", move |rocket| {

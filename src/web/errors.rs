@@ -64,7 +64,7 @@ pub fn error_page(status: Status, req: &Request<'_>) -> Template {
         c if c >= 500 => 500,
         _ => 400,
     };
-    let mut ctx = base_context(lang, "", &current_path(req), None);
+    let mut ctx = base_context(lang, "", &current_path(req), None, false);
     merge(
         &mut ctx,
         json!({
@@ -83,6 +83,20 @@ macro_rules! catcher {
         }
     };
 }
+/// 401 comes from guards that need a logged-in agent: send them to the login page, then back.
+#[catch(401)]
+fn unauthorized(req: &Request<'_>) -> rocket::response::Redirect {
+    let next = if req.method() == rocket::http::Method::Get {
+        current_path(req)
+    } else {
+        "/".to_owned()
+    };
+    rocket::response::Redirect::to(format!(
+        "/connexion?next={}",
+        crate::accounts::matrix::percent_encode(&next)
+    ))
+}
+
 catcher!(bad_request, 400);
 catcher!(forbidden, 403);
 catcher!(not_found, 404);
@@ -98,6 +112,7 @@ fn other(status: Status, req: &Request<'_>) -> (Status, Template) {
 
 pub fn catchers() -> Vec<Catcher> {
     catchers![
+        unauthorized,
         bad_request,
         forbidden,
         not_found,

@@ -31,6 +31,22 @@ impl FieldErrors {
     pub fn is_empty(&self) -> bool {
         self.fields.is_empty() && self.form.is_none()
     }
+
+    /// The messages for `validator`'s errors: each field's first error, its text from the catalog
+    /// at `{prefix}.{field}.{code}`.
+    pub fn from_validation(
+        errors: &validator::ValidationErrors,
+        lang: crate::web::i18n::Lang,
+        prefix: &str,
+    ) -> FieldErrors {
+        let mut out = FieldErrors::default();
+        for (field, errs) in errors.field_errors() {
+            if let Some(e) = errs.first() {
+                out.add(&field, lang.t(&format!("{prefix}.{field}.{}", e.code)));
+            }
+        }
+        out
+    }
 }
 
 /// A rendered page with a status other than 200 and, for 429, a `Retry-After`.

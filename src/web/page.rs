@@ -18,6 +18,8 @@ pub struct Ctx {
     pub csrf: String,
     pub path: String,
     pub user: Option<CurrentUser>,
+    /// The agent is one of the portal's administrators.
+    pub admin: bool,
 }
 
 #[rocket::async_trait]
@@ -36,11 +38,16 @@ impl<'r> FromRequest<'r> for Ctx {
             .await
             .succeeded()
             .flatten();
+        let admin = match (&user, req.rocket().state::<Config>()) {
+            (Some(u), Some(config)) => config.is_admin(&u.matrix_user_id),
+            _ => false,
+        };
         Outcome::Success(Ctx {
             lang,
             csrf,
             path: current_path(req),
             user,
+            admin,
         })
     }
 }
@@ -51,7 +58,13 @@ pub fn current_path(req: &Request<'_>) -> String {
 }
 
 /// The context every template gets, for pages and error pages alike.
-pub fn base_context(lang: Lang, csrf: &str, path: &str, user: Option<&CurrentUser>) -> Value {
+pub fn base_context(
+    lang: Lang,
+    csrf: &str,
+    path: &str,
+    user: Option<&CurrentUser>,
+    admin: bool,
+) -> Value {
     json!({
         "lang": lang.code(),
         "csrf_token": csrf,
@@ -59,13 +72,20 @@ pub fn base_context(lang: Lang, csrf: &str, path: &str, user: Option<&CurrentUse
         "user": user.map(|u| json!({
             "matrix_user_id": u.matrix_user_id,
             "display_name": u.display_name,
+            "admin": admin,
         })),
     })
 }
 
 impl Ctx {
     pub fn render(&self, template: &'static str, page: impl Serialize) -> Template {
-        let mut ctx = base_context(self.lang, &self.csrf, &self.path, self.user.as_ref());
+        let mut ctx = base_context(
+            self.lang,
+            &self.csrf,
+            &self.path,
+            self.user.as_ref(),
+            self.admin,
+        );
         merge(&mut ctx, serde_json::to_value(page).unwrap_or(Value::Null));
         Template::render(template, ctx)
     }

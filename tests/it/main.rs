@@ -1,6 +1,7 @@
 //! One integration-test binary for the whole portal (one link step, one place to look).
 //! Run through scripts/test, which starts the real services these tests use.
 
+mod admin;
 mod browser;
 mod common;
 mod login;

@@ -57,24 +57,7 @@ async fn setup() -> (TestApp, Rp, String) {
 }
 
 async fn login(client: &Client, user_id: &str) {
-    let page = client
-        .get("/connexion?force=1")
-        .dispatch()
-        .await
-        .into_string()
-        .await
-        .expect("page");
-    let res = client
-        .post("/connexion")
-        .header(ContentType::Form)
-        .body(format!(
-            "csrf_token={}&identifier={}&password={PASSWORD}",
-            csrf_token(&page),
-            enc(user_id)
-        ))
-        .dispatch()
-        .await;
-    assert_eq!(res.status(), Status::SeeOther, "logged in");
+    crate::common::log_in(client, user_id, PASSWORD).await;
 }
 
 fn challenge() -> String {

@@ -383,6 +383,26 @@ async fn every_template_renders_with_sample_data() {
         ),
         ("oidc/logged_out", json!({"client_name": "Démarches"})),
         (
+            "admin/clients",
+            json!({"removed": "Démarches", "clients": [{"client_id": "abc", "name": "Démarches", "public": false, "created": "01/11/2026 10:00"}]}),
+        ),
+        (
+            "admin/client_new",
+            json!({"form": {"name": "", "redirect_uris": "http://x", "post_logout_redirect_uris": "", "kind": "confidential",
+                   "subject_type": "pairwise", "id_token_alg": "RS256", "userinfo_signed": false},
+                   "errors": {"fields": {"redirect_uris": "Chaque adresse…", "kind": "Choisissez"}}, "form_errors": true}),
+        ),
+        (
+            "admin/client",
+            json!({"created": true, "secret": "s3cr3t", "client": {"client_id": "abc", "name": "Démarches", "public": false,
+                   "redirect_uris": ["https://x/cb"], "post_logout_redirect_uris": [], "subject_type": "pairwise",
+                   "id_token_alg": "RS256", "userinfo_signed": true, "created": "01/11/2026 10:00"}}),
+        ),
+        (
+            "admin/client_remove",
+            json!({"client": {"client_id": "abc", "name": "Démarches"}}),
+        ),
+        (
             "oidc/services",
             json!({"revoked": "Démarches", "services": [{"client_id": "abc", "name": "Démarches", "origin": "https://rp.example.gouv.fr",
                    "claims": ["Prénom"], "first": "01/11/2026 10:00", "last": "02/11/2026 11:00",

@@ -172,3 +172,32 @@ pub fn unescape(html: &str) -> String {
         .replace("&gt;", ">")
         .replace("&amp;", "&")
 }
+
+/// Logs in through the login form (a new session even when one exists).
+pub async fn log_in(
+    client: &rocket::local::asynchronous::Client,
+    identifier: &str,
+    password: &str,
+) {
+    use rocket::http::{ContentType, Status};
+    let page = client
+        .get("/connexion?force=1")
+        .dispatch()
+        .await
+        .into_string()
+        .await
+        .expect("page");
+    let enc = tchap_portal::accounts::matrix::percent_encode;
+    let res = client
+        .post("/connexion")
+        .header(ContentType::Form)
+        .body(format!(
+            "csrf_token={}&identifier={}&password={}",
+            csrf_token(&page),
+            enc(identifier),
+            enc(password)
+        ))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::SeeOther, "logged in as {identifier}");
+}

@@ -1,0 +1,32 @@
+//! The `Admin` guard: a logged-in agent whose Matrix ID is listed in `portal.admins`. Not logged
+//! in → 401, which the catcher turns into the login page (and back); anyone else → 403.
+
+use rocket::http::Status;
+use rocket::request::{FromRequest, Outcome, Request};
+
+use super::session::CurrentUser;
+use crate::config::Config;
+
+pub struct Admin(pub CurrentUser);
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Admin {
+    type Error = ();
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        let user = req
+            .guard::<Option<CurrentUser>>()
+            .await
+            .succeeded()
+            .flatten();
+        let Some(user) = user else {
+            return Outcome::Error((Status::Unauthorized, ()));
+        };
+        match req.rocket().state::<Config>() {
+            Some(config) if config.is_admin(&user.matrix_user_id) => Outcome::Success(Admin(user)),
+            _ => {
+                tracing::warn!(user = %user.matrix_user_id, path = %req.uri().path(), "admin page refused");
+                Outcome::Error((Status::Forbidden, ()))
+            }
+        }
+    }
+}
