@@ -28,6 +28,46 @@ pub struct Settings {
     pub matrix: MatrixSettings,
     pub accounts: AccountsSettings,
     pub oidc: OidcSettings,
+    pub audioconf: AudioconfSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioconfSettings {
+    /// The dial-in numbers (E.164, e.g. "+33189000000"); empty: the service says it is unavailable.
+    pub numbers: Vec<String>,
+    /// Digits in a PIN (9 by default: 10⁹ PINs per number and period).
+    pub pin_length: u32,
+    /// How many days ahead a day can be booked (today included as day 0).
+    pub max_days_ahead: i64,
+    /// The durations offered, in minutes.
+    pub durations_minutes: Vec<i64>,
+    /// Email domains allowed to book: exact ("agent.gouv.fr") or suffix (".gouv.fr"); administrators
+    /// add more from /admin/audioconf.
+    pub domains: Vec<String>,
+    /// Who to ask for a domain to be added (shown to refused agents).
+    pub access_contact: String,
+    /// Lifetime of the magic link sent by email.
+    pub link_ttl_minutes: i64,
+    /// Booking requests per email address and per client address, per 24 hours.
+    pub max_requests_per_email: i64,
+    pub max_requests_per_ip: i64,
+    /// Participants allowed on a line (told to the telephony bridge).
+    pub participant_limit: i64,
+    /// Days after a conference's end when its email address is erased (the domain and an HMAC stay).
+    pub retention_days: i64,
+    /// Telephony bridges allowed to call the IVR API, each with its bearer secret.
+    pub bridges: Vec<Bridge>,
+    /// Wrong PINs allowed from one caller within the window, then 429.
+    pub ivr_max_failures: i64,
+    pub ivr_window_minutes: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bridge {
+    pub name: String,
+    pub secret: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -170,6 +210,22 @@ impl Default for Settings {
                 max_failures: 5,
                 failure_window_minutes: 15,
                 device_name: "Portail Tchap".into(),
+            },
+            audioconf: AudioconfSettings {
+                numbers: vec![],
+                pin_length: 9,
+                max_days_ahead: 14,
+                durations_minutes: vec![30, 60, 120, 240],
+                domains: vec![".gouv.fr".into()],
+                access_contact: "audioconf@portail.localhost".into(),
+                link_ttl_minutes: 60,
+                max_requests_per_email: 10,
+                max_requests_per_ip: 50,
+                participant_limit: 50,
+                retention_days: 30,
+                bridges: vec![],
+                ivr_max_failures: 5,
+                ivr_window_minutes: 15,
             },
             oidc: OidcSettings {
                 code_ttl_secs: 60,
@@ -327,10 +383,13 @@ impl Config {
         if settings.matrix.timeout_secs == 0 {
             return Err(bad("matrix.timeout_secs", "must be at least 1"));
         }
-        if settings.accounts.max_failures < 1 || settings.accounts.failure_window_minutes < 1 {
+        if settings.accounts.max_failures < 1
+            || !(1..=1440).contains(&settings.accounts.failure_window_minutes)
+            || !(1..=1440).contains(&settings.audioconf.ivr_window_minutes)
+        {
             return Err(bad(
                 "accounts",
-                "max_failures and failure_window_minutes must be positive",
+                "max_failures must be positive; failure windows are 1 to 1440 minutes",
             ));
         }
         let o = &settings.oidc;
@@ -354,6 +413,46 @@ impl Config {
         }
         if o.refresh_token_ttl_hours < 1 {
             return Err(bad("oidc.refresh_token_ttl_hours", "must be at least 1"));
+        }
+        let a = &settings.audioconf;
+        if let Some(n) = a.numbers.iter().find(|n| !is_e164(n)) {
+            return Err(bad(
+                "audioconf.numbers",
+                format!("{n}: each number is E.164, such as +33189000000"),
+            ));
+        }
+        if !(1..=12).contains(&a.pin_length) {
+            return Err(bad("audioconf.pin_length", "between 1 and 12 digits"));
+        }
+        if a.max_days_ahead < 0 || a.durations_minutes.iter().any(|d| !(1..=1440).contains(d)) {
+            return Err(bad(
+                "audioconf.durations_minutes",
+                "durations are 1 to 1440 minutes; max_days_ahead ≥ 0",
+            ));
+        }
+        if let Some(d) = a.domains.iter().find(|d| !is_domain_rule(d)) {
+            return Err(bad(
+                "audioconf.domains",
+                format!("{d}: a domain (agent.gouv.fr) or a suffix (.gouv.fr)"),
+            ));
+        }
+        if a.link_ttl_minutes < 1
+            || a.max_requests_per_email < 1
+            || a.max_requests_per_ip < 1
+            || a.retention_days < 1
+            || a.ivr_max_failures < 1
+            || a.ivr_window_minutes < 1
+        {
+            return Err(bad(
+                "audioconf",
+                "link_ttl_minutes, max_requests_per_*, retention_days and ivr_* must be positive",
+            ));
+        }
+        if let Some(b) = a.bridges.iter().find(|b| b.secret.len() < 32) {
+            return Err(bad(
+                "audioconf.bridges",
+                format!("{}: the secret needs at least 32 characters", b.name),
+            ));
         }
         if let Some(a) = settings
             .admins
@@ -465,4 +564,26 @@ mod tests {
         let c = Config::validate(s, false).expect("dev defaults are valid");
         assert_eq!(c.public_origin, "http://127.0.0.1:8000");
     }
+}
+
+/// `+` then 8 to 15 digits, the first not 0.
+pub fn is_e164(n: &str) -> bool {
+    n.strip_prefix('+').is_some_and(|d| {
+        (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
+    })
+}
+
+/// An email domain ("agent.gouv.fr") or a suffix (".gouv.fr"): lowercase labels of letters, digits
+/// and hyphens, with at least one dot.
+pub fn is_domain_rule(rule: &str) -> bool {
+    let d = rule.strip_prefix('.').unwrap_or(rule);
+    d.contains('.')
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }

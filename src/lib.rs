@@ -2,6 +2,7 @@
 //! server without JavaScript. [`build`] assembles the Rocket application from its parts.
 
 pub mod accounts;
+pub mod audioconf;
 pub mod cli;
 pub mod config;
 pub mod crypto;
@@ -61,6 +62,7 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
         .attach(web::stage(&config))
         .attach(accounts::stage(&config))
         .attach(oidc::stage(&config))
+        .attach(audioconf::stage(&config))
         .attach(mail::stage(&config))
         .manage(config))
 }

@@ -147,7 +147,15 @@ pub async fn login(
     ];
     let now = Utc::now();
     let mut conn = db.get().await?;
-    if let Some(wait) = throttle::blocked_for(&mut conn, &keys_for_throttle, settings, now).await? {
+    if let Some(wait) = throttle::blocked_for(
+        &mut conn,
+        &keys_for_throttle,
+        settings.max_failures,
+        chrono::Duration::minutes(settings.failure_window_minutes),
+        now,
+    )
+    .await?
+    {
         let minutes = ((wait + 59) / 60).to_string();
         errors.form(lang.tf("login.throttled", &[("minutes", &minutes)]));
         return Ok(Either::Right(page(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::Utc;
 use rocket::fairing::AdHoc;
 
-use crate::config::{AccountsSettings, Config, SessionSettings};
+use crate::config::{Config, SessionSettings};
 use crate::db::Db;
 
 /// How often expired sessions and old login failures are removed.
@@ -20,7 +20,6 @@ const CLEAN_UP_EVERY: Duration = Duration::from_secs(3600);
 pub fn stage(config: &Config) -> AdHoc {
     let settings = config.settings.matrix.clone();
     let sessions = config.settings.session.clone();
-    let accounts = config.settings.accounts.clone();
     AdHoc::try_on_ignite("Accounts", |rocket| async move {
         match matrix::MatrixClient::new(&settings) {
             Ok(client) => Ok(rocket
@@ -33,7 +32,7 @@ pub fn stage(config: &Config) -> AdHoc {
                     Box::pin(async move {
                         if let Some(db) = rocket.state::<Db>().cloned() {
                             let shutdown = rocket.shutdown();
-                            rocket::tokio::spawn(clean_up_loop(db, sessions, accounts, shutdown));
+                            rocket::tokio::spawn(clean_up_loop(db, sessions, shutdown));
                         }
                     })
                 }))),
@@ -46,26 +45,18 @@ pub fn stage(config: &Config) -> AdHoc {
 }
 
 /// Removes expired sessions and login failures past their window; returns how many rows went.
-pub async fn clean_up(
-    db: &Db,
-    sessions: &SessionSettings,
-    accounts: &AccountsSettings,
-) -> Result<usize, crate::db::DbError> {
+pub async fn clean_up(db: &Db, sessions: &SessionSettings) -> Result<usize, crate::db::DbError> {
     let mut conn = db.get().await?;
     let now = Utc::now();
     let a = session::purge_expired(&mut conn, sessions, now).await?;
-    let b = throttle::purge(&mut conn, accounts, now).await?;
+    // Every throttling window (logins, IVR) is at most a day: older failures count for nothing.
+    let b = throttle::purge(&mut conn, now - chrono::Duration::hours(24)).await?;
     Ok(a + b)
 }
 
-async fn clean_up_loop(
-    db: Db,
-    sessions: SessionSettings,
-    accounts: AccountsSettings,
-    mut shutdown: rocket::Shutdown,
-) {
+async fn clean_up_loop(db: Db, sessions: SessionSettings, mut shutdown: rocket::Shutdown) {
     loop {
-        match clean_up(&db, &sessions, &accounts).await {
+        match clean_up(&db, &sessions).await {
             Ok(n) if n > 0 => tracing::info!(rows = n, "accounts clean-up"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "accounts clean-up failed"),

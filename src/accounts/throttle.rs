@@ -1,11 +1,10 @@
-//! Failed-login throttling per account and per client address: after `max_failures` failures within
-//! `failure_window_minutes`, logins for that key wait until the oldest failure leaves the window.
+//! Throttling of failed attempts per key (an account, a client address, a caller of the IVR): after
+//! `max_failures` failures within the window, that key waits until the oldest one leaves it.
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use crate::config::AccountsSettings;
 use crate::db::schema::login_failures;
 
 pub fn account_key(identifier: &str) -> String {
@@ -24,21 +23,21 @@ pub fn ip_key(ip: Option<std::net::IpAddr>) -> String {
 pub async fn blocked_for(
     conn: &mut AsyncPgConnection,
     keys: &[String],
-    settings: &AccountsSettings,
+    max_failures: i64,
+    window: Duration,
     now: DateTime<Utc>,
 ) -> QueryResult<Option<i64>> {
-    let window = Duration::minutes(settings.failure_window_minutes);
     let mut wait: Option<i64> = None;
     for key in keys {
         let times: Vec<DateTime<Utc>> = login_failures::table
             .filter(login_failures::key.eq(key))
             .filter(login_failures::failed_at.gt(now - window))
             .order(login_failures::failed_at.desc())
-            .limit(settings.max_failures)
+            .limit(max_failures)
             .select(login_failures::failed_at)
             .load(conn)
             .await?;
-        if times.len() as i64 >= settings.max_failures {
+        if times.len() as i64 >= max_failures {
             // Free again when the oldest of the last `max_failures` failures leaves the window.
             if let Some(oldest) = times.last() {
                 let secs = (*oldest + window - now).num_seconds().max(1);
@@ -65,14 +64,9 @@ pub async fn record_failure(
     Ok(())
 }
 
-/// Forgets failures older than the window (run by the clean-up job).
-pub async fn purge(
-    conn: &mut AsyncPgConnection,
-    settings: &AccountsSettings,
-    now: DateTime<Utc>,
-) -> QueryResult<usize> {
-    let window = Duration::minutes(settings.failure_window_minutes);
-    diesel::delete(login_failures::table.filter(login_failures::failed_at.le(now - window)))
+/// Forgets failures from before `before` (run by the clean-up job with the longest window).
+pub async fn purge(conn: &mut AsyncPgConnection, before: DateTime<Utc>) -> QueryResult<usize> {
+    diesel::delete(login_failures::table.filter(login_failures::failed_at.le(before)))
         .execute(conn)
         .await
 }

@@ -1,6 +1,52 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    audioconf_conferences (id) {
+        id -> Int8,
+        public_id -> Text,
+        email -> Nullable<Text>,
+        email_domain -> Text,
+        email_hmac -> Bytea,
+        number -> Text,
+        pin_hmac -> Bytea,
+        pin_enc -> Bytea,
+        all_day -> Bool,
+        starts_at -> Timestamptz,
+        ends_at -> Timestamptz,
+        cancel_token_hash -> Bytea,
+        cancelled_at -> Nullable<Timestamptz>,
+        via -> Text,
+        lang -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    audioconf_domains (id) {
+        id -> Int8,
+        rule -> Text,
+        added_by -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    audioconf_requests (id) {
+        id -> Int8,
+        token_hash -> Bytea,
+        email -> Nullable<Text>,
+        email_hmac -> Bytea,
+        ip_hmac -> Bytea,
+        day -> Nullable<Date>,
+        duration_minutes -> Nullable<Int4>,
+        lang -> Text,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     login_failures (id) {
         id -> Int8,
         key -> Text,
@@ -137,6 +183,9 @@ diesel::joinable!(oidc_codes -> oidc_grants (grant_id));
 diesel::joinable!(oidc_tokens -> oidc_grants (grant_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    audioconf_conferences,
+    audioconf_domains,
+    audioconf_requests,
     login_failures,
     oidc_clients,
     oidc_codes,

@@ -100,6 +100,11 @@ impl Mailer {
         })
     }
 
+    /// The portal's public URL, for links in mails.
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
     pub fn template_names(&self) -> Vec<String> {
         self.tera.get_template_names().map(str::to_owned).collect()
     }

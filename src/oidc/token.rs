@@ -25,6 +25,8 @@ pub struct Api {
     pub www_authenticate: Option<String>,
     /// A signed userinfo answer (`application/jwt`) instead of JSON.
     pub jwt: Option<String>,
+    /// Seconds, for 429 answers.
+    pub retry_after: Option<i64>,
 }
 
 impl Api {
@@ -34,6 +36,7 @@ impl Api {
             body,
             www_authenticate: None,
             jwt: None,
+            retry_after: None,
         }
     }
 
@@ -43,6 +46,7 @@ impl Api {
             body: json!({"error": error, "error_description": description}),
             www_authenticate: None,
             jwt: None,
+            retry_after: None,
         }
     }
 
@@ -63,6 +67,9 @@ impl<'r> Responder<'r, 'static> for Api {
         res.set_status(self.status);
         res.set_header(Header::new("Cache-Control", "no-store"));
         res.set_header(Header::new("Pragma", "no-cache"));
+        if let Some(secs) = self.retry_after {
+            res.set_header(Header::new("Retry-After", secs.max(1).to_string()));
+        }
         if let Some(w) = self.www_authenticate {
             res.set_header(Header::new("WWW-Authenticate", w));
         }

@@ -31,6 +31,8 @@ pub const EXEMPT: &[&str] = &[
     // RP-initiated logout: a service may POST here; it ends a session only for a valid
     // id_token_hint naming the agent, otherwise it shows a confirmation form (with a token).
     "/logout",
+    // The telephony bridge's API: bearer secret, JSON.
+    "/api/v1/ivr/verify",
 ];
 
 /// Where a rejected POST is rerouted: it answers 403 through the DSFR catcher.

@@ -399,6 +399,37 @@ async fn every_template_renders_with_sample_data() {
                    "id_token_alg": "RS256", "userinfo_signed": true, "created": "01/11/2026 10:00"}}),
         ),
         (
+            "audioconf/book",
+            json!({"form": {"email": "a@b.gouv.fr", "when": "day", "day": "2026-11-21", "duration": "60"},
+                   "errors": {"fields": {"email": "Saisissez", "day": "Choisissez", "duration": "Choisissez", "when": "Choisissez"}},
+                   "form_errors": true, "days": [{"value": "2026-11-21", "label": "Aujourd’hui"}],
+                   "durations": [{"value": "60", "label": "1 h"}], "available": false, "link_ttl": 60}),
+        ),
+        (
+            "audioconf/sent",
+            json!({"email": "a@b.gouv.fr", "ttl": 60, "choice": "1 h"}),
+        ),
+        (
+            "audioconf/confirm",
+            json!({"token": "tok", "email": "a@b.gouv.fr", "choice": "1 h", "all_day": false}),
+        ),
+        (
+            "audioconf/link_error",
+            json!({"message_key": "audioconf.exhausted", "retry_token": "tok"}),
+        ),
+        (
+            "audioconf/details",
+            json!({"number": "+33189000000", "number_national": "01 89 00 00 00", "pin": "123456789", "pin_grouped": "123 456 789", "tel": "tel:+33189000000,,123456789%23", "all_day": true, "day": "samedi 21 novembre 2026", "start": "10:00", "end": "23:59", "end_day": "samedi 21 novembre 2026", "participant_limit": 50, "email": "a@b.gouv.fr"}),
+        ),
+        (
+            "audioconf/cancel",
+            json!({"number": "+33189000000", "number_national": "01 89 00 00 00", "pin": "123456789", "pin_grouped": "123 456 789", "tel": "tel:+33189000000,,123456789%23", "all_day": true, "day": "samedi 21 novembre 2026", "start": "10:00", "end": "23:59", "end_day": "samedi 21 novembre 2026", "participant_limit": 50, "token": "tok"}),
+        ),
+        (
+            "audioconf/cancelled",
+            json!({"number_national": "01 89 00 00 00"}),
+        ),
+        (
             "admin/client_remove",
             json!({"client": {"client_id": "abc", "name": "Démarches"}}),
         ),
@@ -414,9 +445,16 @@ async fn every_template_renders_with_sample_data() {
         "partials/header",
         "partials/footer",
         "partials/form",
+        "audioconf/line",
     ];
-    let mail_templates = ["test"];
-    let mail_samples = json!({"to": "alice@example.gouv.fr"});
+    let mail_templates = [
+        "test",
+        "audioconf_link",
+        "audioconf_details",
+        "audioconf_cancelled",
+    ];
+    let mail_samples = json!({"to": "alice@example.gouv.fr", "link": "http://x/l", "ttl": 60, "choice": "1 h",
+        "all_day": false, "number": "+33189000000", "number_national": "01 89 00 00 00", "pin": "123456789", "pin_grouped": "123 456 789", "tel": "tel:+33189000000,,123456789%23", "all_day": true, "day": "samedi 21 novembre 2026", "start": "10:00", "end": "23:59", "end_day": "samedi 21 novembre 2026", "participant_limit": 50, "cancel_url": "http://x/c"});
 
     for file in template_files() {
         let name = file

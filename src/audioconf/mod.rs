@@ -1,0 +1,111 @@
+//! AudioConf: phone conferences booked with a professional email address.
+
+pub mod booking;
+pub mod domains;
+pub mod format;
+pub mod ics;
+pub mod ivr;
+pub mod pages;
+pub mod request;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rocket::fairing::AdHoc;
+
+use crate::config::{AudioconfSettings, Config};
+use crate::db::schema::{audioconf_conferences as conf, audioconf_requests as req};
+use crate::db::Db;
+
+/// How often the retention job runs (it is idempotent: running it more often changes nothing).
+const RETENTION_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+pub fn stage(config: &Config) -> AdHoc {
+    let settings = config.settings.audioconf.clone();
+    AdHoc::on_ignite("AudioConf", |rocket| async move {
+        rocket
+            .mount(
+                "/",
+                rocket::routes![
+                    pages::book_page,
+                    pages::book,
+                    pages::confirm_page,
+                    pages::confirm,
+                    pages::cancel_page,
+                    pages::cancel,
+                    ivr::verify,
+                ],
+            )
+            .attach(AdHoc::on_liftoff("AudioConf retention", move |rocket| {
+                Box::pin(async move {
+                    let Some(db) = rocket.state::<Db>().cloned() else {
+                        return;
+                    };
+                    let mut shutdown = rocket.shutdown();
+                    rocket::tokio::spawn(async move {
+                        loop {
+                            match db.get().await {
+                                Ok(mut conn) => {
+                                    match retention(&mut conn, &settings, Utc::now()).await {
+                                        Ok(r) => tracing::info!(
+                                            emails_erased = r.0,
+                                            requests_purged = r.1,
+                                            "audioconf retention"
+                                        ),
+                                        Err(e) => {
+                                            tracing::warn!(error = %e, "audioconf retention failed")
+                                        }
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "audioconf retention: no database")
+                                }
+                            }
+                            rocket::tokio::select! {
+                                _ = rocket::tokio::time::sleep(RETENTION_EVERY) => {}
+                                _ = &mut shutdown => return,
+                            }
+                        }
+                    });
+                })
+            }))
+    })
+}
+
+/// Erases the email address of conferences ended `retention_days` ago (their domain and HMAC
+/// stay, for statistics) and deletes booking requests whose link has expired or was used more
+/// than a day ago. Returns (addresses erased, requests deleted).
+pub async fn retention(
+    conn: &mut AsyncPgConnection,
+    settings: &AudioconfSettings,
+    now: DateTime<Utc>,
+) -> QueryResult<(usize, usize)> {
+    let erased = diesel::update(
+        conf::table
+            .filter(conf::email.is_not_null())
+            .filter(conf::ends_at.lt(now - chrono::Duration::days(settings.retention_days))),
+    )
+    .set(conf::email.eq(None::<String>))
+    .execute(conn)
+    .await?;
+    // A used or expired request needs no address any more (its HMAC still counts for the limits).
+    diesel::update(
+        req::table
+            .filter(req::email.is_not_null())
+            .filter(req::used_at.is_not_null().or(req::expires_at.lt(now))),
+    )
+    .set(req::email.eq(None::<String>))
+    .execute(conn)
+    .await?;
+    // Requests count towards the daily limits for 24 hours: keep them that long.
+    let purged = diesel::delete(
+        req::table
+            .filter(req::expires_at.lt(now))
+            .filter(req::created_at.lt(now - chrono::Duration::hours(24))),
+    )
+    .execute(conn)
+    .await?;
+    Ok((erased, purged))
+}

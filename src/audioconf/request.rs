@@ -1,0 +1,273 @@
+//! Booking by email: a request and its magic link (32 random bytes, stored as SHA-256, single use,
+//! expiring), limits per address and per client address, and the confirmation that books.
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::json;
+
+use crate::config::AudioconfSettings;
+use crate::crypto::{self, Keys};
+use crate::db::schema::{audioconf_conferences, audioconf_requests as req};
+use crate::mail::{self, Mail, Mailer};
+use crate::web::i18n::Lang;
+
+use super::booking::{self, BookError, Created, NewConference, Period};
+use super::format;
+
+/// What the agent chose: a whole day, or a duration from the moment they confirm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    Day(NaiveDate),
+    Minutes(i64),
+}
+
+impl Choice {
+    pub fn period(self, now: DateTime<Utc>) -> Period {
+        match self {
+            Choice::Day(d) => Period::day(d, now),
+            Choice::Minutes(m) => Period::minutes(m, now),
+        }
+    }
+
+    /// "le samedi 21 novembre 2026" / "1 h 30" for mails and pages.
+    pub fn label(self, lang: Lang) -> String {
+        match self {
+            Choice::Day(d) => format::day(d, lang),
+            Choice::Minutes(m) => duration_label(m, lang),
+        }
+    }
+}
+
+pub fn duration_label(m: i64, lang: Lang) -> String {
+    match (m / 60, m % 60) {
+        (0, min) => lang.tf("audioconf.minutes", &[("n", &min.to_string())]),
+        (h, 0) => lang.tf("audioconf.hours", &[("n", &h.to_string())]),
+        (h, min) => format!("{h} h {min:02}"),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Limited {
+    Email,
+    Ip,
+}
+
+fn ip_hmac(keys: &Keys, ip: Option<std::net::IpAddr>) -> Result<Vec<u8>, crypto::CryptoError> {
+    let ip = ip.map(|i| i.to_string()).unwrap_or_default();
+    keys.hmac("audioconf-ip", ip.as_bytes())
+}
+
+/// Requests and Tchap bookings for this address in the last 24 hours.
+pub async fn over_email_limit(
+    conn: &mut AsyncPgConnection,
+    settings: &AudioconfSettings,
+    email_mac: &[u8],
+    now: DateTime<Utc>,
+) -> QueryResult<bool> {
+    let since = now - Duration::hours(24);
+    let requests: i64 = req::table
+        .filter(req::email_hmac.eq(email_mac))
+        .filter(req::created_at.gt(since))
+        .count()
+        .get_result(conn)
+        .await?;
+    let direct: i64 = audioconf_conferences::table
+        .filter(audioconf_conferences::email_hmac.eq(email_mac))
+        .filter(audioconf_conferences::via.ne("email"))
+        .filter(audioconf_conferences::created_at.gt(since))
+        .count()
+        .get_result(conn)
+        .await?;
+    Ok(requests + direct >= settings.max_requests_per_email)
+}
+
+/// Records the request and queues the mail with its link. `Err(Limited)` when a daily limit is
+/// reached (nothing is recorded then).
+#[allow(clippy::too_many_arguments)]
+pub async fn create(
+    conn: &mut AsyncPgConnection,
+    keys: &Keys,
+    mailer: &Mailer,
+    settings: &AudioconfSettings,
+    email: &str,
+    choice: Choice,
+    ip: Option<std::net::IpAddr>,
+    lang: Lang,
+    now: DateTime<Utc>,
+) -> Result<Result<(), Limited>, BookError> {
+    let email_mac = booking::email_hmac(keys, email)?;
+    let ip_mac = ip_hmac(keys, ip)?;
+    if over_email_limit(conn, settings, &email_mac, now).await? {
+        return Ok(Err(Limited::Email));
+    }
+    let from_ip: i64 = req::table
+        .filter(req::ip_hmac.eq(&ip_mac))
+        .filter(req::created_at.gt(now - Duration::hours(24)))
+        .count()
+        .get_result(conn)
+        .await?;
+    if from_ip >= settings.max_requests_per_ip {
+        return Ok(Err(Limited::Ip));
+    }
+    let token = crypto::random_token(32)?;
+    let (day, minutes) = match choice {
+        Choice::Day(d) => (Some(d), None),
+        Choice::Minutes(m) => (None, Some(m as i32)),
+    };
+    let link = format!("{}/audioconf/confirmer/{token}", mailer.public_url());
+    conn.transaction::<_, BookError, _>(async |conn| {
+        diesel::insert_into(req::table)
+            .values((
+                req::token_hash.eq(crypto::sha256(token.as_bytes())),
+                req::email.eq(email.trim()),
+                req::email_hmac.eq(&email_mac),
+                req::ip_hmac.eq(&ip_mac),
+                req::day.eq(day),
+                req::duration_minutes.eq(minutes),
+                req::lang.eq(lang.code()),
+                req::created_at.eq(now),
+                req::expires_at.eq(now + Duration::minutes(settings.link_ttl_minutes)),
+            ))
+            .execute(conn)
+            .await?;
+        mail::enqueue(
+            conn,
+            mailer,
+            Mail {
+                kind: "audioconf-link",
+                to: email.trim(),
+                lang,
+                template: "audioconf_link",
+                subject: lang.t("audioconf.mail.link.subject").to_owned(),
+                context: json!({
+                    "link": link,
+                    "ttl": settings.link_ttl_minutes,
+                    "choice": choice.label(lang),
+                    "all_day": matches!(choice, Choice::Day(_)),
+                }),
+                attachments: vec![],
+            },
+            now,
+        )
+        .await?;
+        Ok(())
+    })
+    .await?;
+    Ok(Ok(()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkError {
+    Unknown,
+    Used,
+    Expired,
+}
+
+/// A pending request, as the confirmation page shows it.
+pub struct Pending {
+    pub email: String,
+    pub choice: Choice,
+}
+
+fn choice_of(day: Option<NaiveDate>, minutes: Option<i32>) -> Choice {
+    match (day, minutes) {
+        (Some(d), _) => Choice::Day(d),
+        (None, m) => Choice::Minutes(m.unwrap_or(60) as i64),
+    }
+}
+
+/// Looks the link up without using it (the GET that mail scanners may follow).
+pub async fn pending(
+    conn: &mut AsyncPgConnection,
+    token: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<Result<Pending, LinkError>> {
+    type Row = (
+        Option<String>,
+        Option<NaiveDate>,
+        Option<i32>,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+    );
+    let row: Option<Row> = req::table
+        .filter(req::token_hash.eq(crypto::sha256(token.as_bytes())))
+        .select((
+            req::email,
+            req::day,
+            req::duration_minutes,
+            req::expires_at,
+            req::used_at,
+        ))
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(match row {
+        None => Err(LinkError::Unknown),
+        Some((_, _, _, _, Some(_))) => Err(LinkError::Used),
+        Some((_, day, _, expires, _)) if expires <= now || day_passed(day, now) => {
+            Err(LinkError::Expired)
+        }
+        Some((email, day, minutes, _, None)) => Ok(Pending {
+            email: email.unwrap_or_default(),
+            choice: choice_of(day, minutes),
+        }),
+    })
+}
+
+fn day_passed(day: Option<NaiveDate>, now: DateTime<Utc>) -> bool {
+    day.is_some_and(|d| d < format::paris_date(now))
+}
+
+/// Uses the link and books, in one transaction: when no PIN is free, the link stays usable.
+pub async fn confirm(
+    conn: &mut AsyncPgConnection,
+    keys: &Keys,
+    mailer: &Mailer,
+    settings: &AudioconfSettings,
+    token: &str,
+    now: DateTime<Utc>,
+) -> Result<Result<(Created, String, Lang), LinkError>, BookError> {
+    let hash = crypto::sha256(token.as_bytes());
+    conn.transaction::<_, BookError, _>(async |conn| {
+        let claimed: Option<(Option<String>, Option<NaiveDate>, Option<i32>, String)> =
+            diesel::update(
+                req::table
+                    .filter(req::token_hash.eq(&hash))
+                    .filter(req::used_at.is_null())
+                    .filter(req::expires_at.gt(now)),
+            )
+            .set(req::used_at.eq(now))
+            .returning((req::email, req::day, req::duration_minutes, req::lang))
+            .get_result(conn)
+            .await
+            .optional()?;
+        let Some((Some(email), day, minutes, lang)) = claimed else {
+            let why = match pending(conn, token, now).await? {
+                Err(e) => e,
+                Ok(_) => LinkError::Unknown,
+            };
+            return Ok(Err(why));
+        };
+        if day_passed(day, now) {
+            return Ok(Err(LinkError::Expired));
+        }
+        let lang = Lang::parse(&lang).unwrap_or(Lang::Fr);
+        let created = booking::book(
+            conn,
+            keys,
+            settings,
+            mailer,
+            NewConference {
+                email: &email,
+                period: choice_of(day, minutes).period(now),
+                via: "email",
+                lang,
+            },
+            now,
+        )
+        .await?;
+        Ok(Ok((created, email, lang)))
+    })
+    .await
+}
