@@ -498,6 +498,28 @@ pub fn origin_of(url: &str) -> Option<String> {
     Some(format!("{scheme}://{host}"))
 }
 
+/// `+` then 8 to 15 digits, the first not 0.
+pub fn is_e164(n: &str) -> bool {
+    n.strip_prefix('+').is_some_and(|d| {
+        (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
+    })
+}
+
+/// An email domain ("agent.gouv.fr") or a suffix (".gouv.fr"): lowercase labels of letters, digits
+/// and hyphens, with at least one dot.
+pub fn is_domain_rule(rule: &str) -> bool {
+    let d = rule.strip_prefix('.').unwrap_or(rule);
+    d.contains('.')
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,26 +586,4 @@ mod tests {
         let c = Config::validate(s, false).expect("dev defaults are valid");
         assert_eq!(c.public_origin, "http://127.0.0.1:8000");
     }
-}
-
-/// `+` then 8 to 15 digits, the first not 0.
-pub fn is_e164(n: &str) -> bool {
-    n.strip_prefix('+').is_some_and(|d| {
-        (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
-    })
-}
-
-/// An email domain ("agent.gouv.fr") or a suffix (".gouv.fr"): lowercase labels of letters, digits
-/// and hyphens, with at least one dot.
-pub fn is_domain_rule(rule: &str) -> bool {
-    let d = rule.strip_prefix('.').unwrap_or(rule);
-    d.contains('.')
-        && d.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        })
 }

@@ -98,7 +98,13 @@ pub enum BookError {
 
 /// The HMAC the IVR looks up and the exclusion constraint compares.
 pub fn pin_hmac(keys: &Keys, number: &str, pin: &str) -> Result<Vec<u8>, crypto::CryptoError> {
-    keys.hmac("audioconf-pin", format!("{number}|{pin}").as_bytes())
+    keys.hmac(PIN_PURPOSE, pin_input(number, pin).as_bytes())
+}
+
+const PIN_PURPOSE: &str = "audioconf-pin";
+
+fn pin_input(number: &str, pin: &str) -> String {
+    format!("{number}|{pin}")
 }
 
 pub fn email_hmac(keys: &Keys, email: &str) -> Result<Vec<u8>, crypto::CryptoError> {
@@ -124,8 +130,16 @@ fn shuffled(numbers: &[String]) -> Result<Vec<String>, crypto::CryptoError> {
     Ok(v)
 }
 
-/// PINs to try on `number`: random draws, or for small spaces the free ones in a random order.
-async fn candidates(
+/// Random PINs to try first on a number.
+fn random_candidates(settings: &AudioconfSettings) -> Result<Vec<String>, BookError> {
+    (0..DRAWS_PER_NUMBER)
+        .map(|_| random_pin(settings.pin_length).map_err(BookError::from))
+        .collect()
+}
+
+/// When the random draws all collided and the PIN space is small: every free PIN on `number`
+/// for the period, in a random order (so nearly full pools still find the last free PINs).
+async fn free_candidates(
     conn: &mut AsyncPgConnection,
     keys: &Keys,
     settings: &AudioconfSettings,
@@ -134,9 +148,7 @@ async fn candidates(
 ) -> Result<Vec<String>, BookError> {
     let space = 10u64.pow(settings.pin_length);
     if space > EXACT_SPACE {
-        return (0..DRAWS_PER_NUMBER)
-            .map(|_| random_pin(settings.pin_length).map_err(BookError::from))
-            .collect();
+        return Ok(vec![]);
     }
     let taken: std::collections::HashSet<Vec<u8>> = conf::table
         .filter(conf::number.eq(number))
@@ -147,11 +159,15 @@ async fn candidates(
         .await?
         .into_iter()
         .collect();
+    let key = keys.derive(PIN_PURPOSE);
     let width = settings.pin_length as usize;
     let mut free = Vec::new();
     for n in 0..space {
         let pin = format!("{n:0width$}");
-        if !taken.contains(&pin_hmac(keys, number, &pin)?) {
+        if !taken.contains(&crypto::hmac_sha256(
+            &key,
+            pin_input(number, &pin).as_bytes(),
+        )?) {
             free.push(pin);
         }
     }
@@ -179,11 +195,18 @@ pub async fn book(
     let email_mac = email_hmac(keys, new.email)?;
     conn.transaction::<_, BookError, _>(async |conn| {
         for number in shuffled(&settings.numbers)? {
-            for pin in candidates(conn, keys, settings, &number, &new.period).await? {
+            let mut pins = random_candidates(settings)?;
+            let mut listed = false;
+            while let Some(pin) = pins.pop() {
+                if pins.is_empty() && !listed {
+                    listed = true;
+                    pins = free_candidates(conn, keys, settings, &number, &new.period).await?;
+                }
                 let public_id = crypto::random_token(12)?;
                 let cancel_token = crypto::random_token(32)?;
                 let mac = pin_hmac(keys, &number, &pin)?;
-                let sealed = keys.encrypt("audioconf-pin", pin.as_bytes(), &pin_aad(&public_id))?;
+                let sealed =
+                    keys.encrypt("audioconf-pin-enc", pin.as_bytes(), &pin_aad(&public_id))?;
                 // A savepoint per attempt: a PIN conflict rolls back this insert only.
                 let inserted = conn
                     .transaction::<i64, DieselError, _>(async |conn| {
@@ -347,7 +370,11 @@ pub struct Conference {
 
 impl Conference {
     pub fn pin(&self, keys: &Keys) -> Result<String, crypto::CryptoError> {
-        let plain = keys.decrypt("audioconf-pin", &self.pin_enc, &pin_aad(&self.public_id))?;
+        let plain = keys.decrypt(
+            "audioconf-pin-enc",
+            &self.pin_enc,
+            &pin_aad(&self.public_id),
+        )?;
         Ok(String::from_utf8_lossy(&plain).into_owned())
     }
 

@@ -230,18 +230,18 @@ pub async fn confirm(
 ) -> Result<Result<(Created, String, Lang), LinkError>, BookError> {
     let hash = crypto::sha256(token.as_bytes());
     conn.transaction::<_, BookError, _>(async |conn| {
-        let claimed: Option<(Option<String>, Option<NaiveDate>, Option<i32>, String)> =
-            diesel::update(
-                req::table
-                    .filter(req::token_hash.eq(&hash))
-                    .filter(req::used_at.is_null())
-                    .filter(req::expires_at.gt(now)),
-            )
-            .set(req::used_at.eq(now))
-            .returning((req::email, req::day, req::duration_minutes, req::lang))
-            .get_result(conn)
-            .await
-            .optional()?;
+        type Claimed = (Option<String>, Option<NaiveDate>, Option<i32>, String);
+        let claimed: Option<Claimed> = diesel::update(
+            req::table
+                .filter(req::token_hash.eq(&hash))
+                .filter(req::used_at.is_null())
+                .filter(req::expires_at.gt(now)),
+        )
+        .set(req::used_at.eq(now))
+        .returning((req::email, req::day, req::duration_minutes, req::lang))
+        .get_result(conn)
+        .await
+        .optional()?;
         let Some((Some(email), day, minutes, lang)) = claimed else {
             let why = match pending(conn, token, now).await? {
                 Err(e) => e,

@@ -2,6 +2,7 @@
 //! Run through scripts/test, which starts the real services these tests use.
 
 mod admin;
+mod audioconf;
 mod browser;
 mod common;
 mod login;

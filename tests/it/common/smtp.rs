@@ -93,3 +93,40 @@ impl Drop for SmtpServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A mail as its reader sees it, decoded by Python's standard `email` package (a real MIME
+/// parser): {"subject", "to", "text", "html", "attachments": [{"filename", "content_type", "body"}]}.
+pub fn parse(raw: &str) -> serde_json::Value {
+    const SCRIPT: &str = r#"
+import sys, json, email
+from email import policy
+m = email.message_from_string(sys.stdin.read(), policy=policy.default)
+out = {"subject": str(m["subject"]), "to": str(m["to"]), "text": "", "html": "", "attachments": []}
+for part in m.walk():
+    if part.is_multipart():
+        continue
+    if part.get_filename():
+        out["attachments"].append({"filename": part.get_filename(), "content_type": part.get_content_type(),
+                                   "body": part.get_payload(decode=True).decode("utf-8")})
+    elif part.get_content_type() == "text/plain":
+        out["text"] = part.get_content()
+    elif part.get_content_type() == "text/html":
+        out["html"] = part.get_content()
+print(json.dumps(out))
+"#;
+    use std::io::Write;
+    let mut child = Command::new(super::env("IT_PYTHON"))
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(raw.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("parse mail");
+    serde_json::from_slice(&out.stdout).expect("parsed mail")
+}

@@ -1,0 +1,637 @@
+//! AudioConf against real PostgreSQL and a real SMTP server: the email journey, refusals, links,
+//! PIN uniqueness under concurrency, exhaustion, the IVR API, cancellation, SMTP outages.
+
+use chrono::{Duration, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use rocket::figment::Figment;
+use rocket::http::{ContentType, Header, Status};
+use serde_json::{json, Value};
+use tchap_portal::accounts::matrix::percent_encode as enc;
+use tchap_portal::audioconf::booking::{self, BookError, NewConference, Period};
+use tchap_portal::db::schema::{audioconf_conferences, audioconf_requests, outbox};
+use tchap_portal::web::i18n::Lang;
+
+use crate::common::smtp::{parse, SmtpServer};
+use crate::common::{csrf_token, figment, title, unescape, TestApp, TestDb};
+
+const NUMBER: &str = "+33189000000";
+const BRIDGE_SECRET: &str = "bridge-secret-for-tests-0123456789abcdef";
+
+/// A portal with one number, a bridge, and its mail worker sending to `smtp`.
+async fn app(smtp: &SmtpServer, tweak: impl FnOnce(Figment) -> Figment) -> TestApp {
+    let db = TestDb::new().await;
+    let fig = figment(&db)
+        .merge(("portal.audioconf.numbers", vec![NUMBER]))
+        .merge((
+            "portal.audioconf.bridges",
+            json!([{"name": "test", "secret": BRIDGE_SECRET}]),
+        ))
+        .merge(("portal.mail.worker", true))
+        .merge(("portal.mail.transport", "smtp"))
+        .merge(("portal.mail.smtp_host", "127.0.0.1"))
+        .merge(("portal.mail.smtp_port", smtp.port))
+        .merge(("portal.mail.smtp_security", "none"))
+        .merge(("portal.mail.smtp_timeout_secs", 3))
+        .merge(("portal.mail.poll_secs", 1))
+        .merge(("portal.mail.retry_base_secs", 1));
+    TestApp::with_figment(db, tweak(fig)).await
+}
+
+async fn get(app: &TestApp, path: &str) -> (Status, String) {
+    let res = app.client.get(path.to_owned()).dispatch().await;
+    (
+        res.status(),
+        unescape(&res.into_string().await.unwrap_or_default()),
+    )
+}
+
+async fn post(app: &TestApp, path: &str, body: String) -> (Status, String) {
+    let res = app
+        .client
+        .post(path.to_owned())
+        .header(ContentType::Form)
+        .body(body)
+        .dispatch()
+        .await;
+    (
+        res.status(),
+        unescape(&res.into_string().await.unwrap_or_default()),
+    )
+}
+
+async fn request_link(app: &TestApp, email: &str, when: &str) -> (Status, String) {
+    let (_, page) = get(app, "/audioconf").await;
+    post(
+        app,
+        "/audioconf",
+        format!(
+            "csrf_token={}&email={}&{when}",
+            csrf_token(&page),
+            enc(email)
+        ),
+    )
+    .await
+}
+
+fn link_in(mail: &Value, path: &str) -> String {
+    let text = mail["text"].as_str().expect("text");
+    let start = text.find(path).expect("a link in the mail");
+    let token = text[start + path.len()..]
+        .split_whitespace()
+        .next()
+        .expect("token");
+    format!("{path}{token}")
+}
+
+async fn ivr(
+    app: &TestApp,
+    secret: &str,
+    called: &str,
+    pin: &str,
+    caller: &str,
+) -> (Status, Value, Option<String>) {
+    let res = app
+        .client
+        .post("/api/v1/ivr/verify")
+        .header(ContentType::JSON)
+        .header(Header::new("Authorization", format!("Bearer {secret}")))
+        .body(json!({"called": called, "pin": pin, "caller": caller}).to_string())
+        .dispatch()
+        .await;
+    let status = res.status();
+    let retry = res.headers().get_one("Retry-After").map(str::to_owned);
+    let body =
+        serde_json::from_str(&res.into_string().await.unwrap_or_default()).unwrap_or(Value::Null);
+    (status, body, retry)
+}
+
+/// The unfolded content lines of an iCalendar text, as (name with parameters, value).
+fn ics_lines(ics: &str) -> Vec<(String, String)> {
+    ics.replace("\r\n ", "")
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn pin_on(page: &str) -> String {
+    let start = page.find("id=\"pin\">").expect("the PIN on the page") + "id=\"pin\">".len();
+    page[start..]
+        .split('<')
+        .next()
+        .expect("pin")
+        .replace(' ', "")
+}
+
+#[rocket::async_test]
+async fn the_email_journey_from_request_to_cancellation() {
+    let smtp = SmtpServer::start();
+    let app = app(&smtp, |f| f).await;
+    let (status, page) = get(&app, "/audioconf").await;
+    assert_eq!(status, Status::Ok);
+    assert_eq!(title(&page), "Réserver une audioconférence — Portail Tchap");
+
+    let (status, page) = request_link(
+        &app,
+        "Camille.Durand@numerique.gouv.fr",
+        "when=duration&duration=60",
+    )
+    .await;
+    assert_eq!(status, Status::Ok, "{page}");
+    assert!(
+        page.contains("Un lien de confirmation a été envoyé à Camille.Durand@numerique.gouv.fr")
+    );
+    let mails = smtp.wait_for(1);
+    assert_eq!(mails.len(), 1);
+    let link_mail = parse(&mails[0]);
+    assert_eq!(link_mail["subject"], "Confirmez votre audioconférence");
+    assert_eq!(link_mail["to"], "Camille.Durand@numerique.gouv.fr");
+    let link = link_in(&link_mail, "/audioconf/confirmer/");
+    assert!(unescape(link_mail["html"].as_str().expect("html")).contains(&link));
+
+    // Opening the link (as a mail scanner would, twice) books nothing: a page with one button.
+    for _ in 0..2 {
+        let (status, page) = get(&app, &link).await;
+        assert_eq!(status, Status::Ok);
+        assert_eq!(title(&page), "Confirmer la réservation — Portail Tchap");
+    }
+    let mut conn = app.db.conn().await;
+    let count = || audioconf_conferences::table.count();
+    assert_eq!(count().get_result::<i64>(&mut conn).await.expect("n"), 0);
+
+    let (_, confirm_page) = get(&app, &link).await;
+    let token = link.rsplit('/').next().expect("token");
+    let (status, page) = post(
+        &app,
+        "/audioconf/confirmer",
+        format!("csrf_token={}&token={token}", csrf_token(&confirm_page)),
+    )
+    .await;
+    assert_eq!(status, Status::Ok, "{page}");
+    assert_eq!(
+        title(&page),
+        "Votre audioconférence est prête — Portail Tchap"
+    );
+    assert!(page.contains("01 89 00 00 00"));
+    assert!(page.contains("href=\"tel:+33189000000,,"));
+    let pin = pin_on(&page);
+    assert_eq!(pin.len(), 9, "9 digits by default");
+    assert!(page.contains(&tchap_portal::audioconf::format::grouped(&pin)));
+
+    // The details mail: subject with the day, number, PIN, tel: link, cancellation link, .ics.
+    let mails = smtp.wait_for(2);
+    let details = mails
+        .iter()
+        .map(|m| parse(m))
+        .find(|m| {
+            m["subject"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("Votre audioconférence du "))
+        })
+        .expect("details mail");
+    let text = details["text"].as_str().expect("text");
+    assert!(
+        text.contains("01 89 00 00 00")
+            && text.contains(&tchap_portal::audioconf::format::grouped(&pin))
+    );
+    assert!(text.contains(&format!("tel:+33189000000,,{pin}%23")));
+    let attachments = details["attachments"].as_array().expect("attachments");
+    assert_eq!(attachments.len(), 1);
+    assert_eq!(attachments[0]["filename"], "audioconference.ics");
+    assert_eq!(attachments[0]["content_type"], "text/calendar");
+    let ics = ics_lines(attachments[0]["body"].as_str().expect("ics"));
+    let field = |name: &str| {
+        ics.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{name} in the invite"))
+    };
+    assert_eq!(field("BEGIN"), "VCALENDAR");
+    assert!(ics.iter().any(|(k, v)| k == "BEGIN" && v == "VEVENT"));
+    let start = chrono::NaiveDateTime::parse_from_str(&field("DTSTART"), "%Y%m%dT%H%M%SZ")
+        .expect("DTSTART in UTC");
+    let end = chrono::NaiveDateTime::parse_from_str(&field("DTEND"), "%Y%m%dT%H%M%SZ")
+        .expect("DTEND in UTC");
+    assert_eq!(end - start, Duration::minutes(60));
+    assert!(field("LOCATION").contains("01 89 00 00 00"));
+    assert!(field("LOCATION").contains(&tchap_portal::audioconf::format::grouped(&pin)));
+    assert!(field("DESCRIPTION").contains("#"));
+
+    // The bridge accepts the PIN; the link cannot be used again.
+    let (status, body, _) = ivr(&app, BRIDGE_SECRET, NUMBER, &pin, "+33600000001").await;
+    assert_eq!(status, Status::Ok, "{body}");
+    assert_eq!(body["participant_limit"], 50);
+    assert!(body["conference_id"].as_str().is_some());
+    let (status, page) = post(
+        &app,
+        "/audioconf/confirmer",
+        format!("csrf_token={}&token={token}", csrf_token(&confirm_page)),
+    )
+    .await;
+    assert_eq!(status, Status::Gone);
+    assert!(page.contains("Ce lien a déjà été utilisé"));
+    assert_eq!(count().get_result::<i64>(&mut conn).await.expect("n"), 1);
+
+    // Cancel from the mail's link: a page, then a POST; the PIN stops working at once.
+    let cancel = link_in(&details, "/audioconf/annuler/");
+    let (status, page) = get(&app, &cancel).await;
+    assert_eq!(status, Status::Ok);
+    assert_eq!(title(&page), "Annuler l’audioconférence — Portail Tchap");
+    let cancel_token = cancel.rsplit('/').next().expect("token");
+    let (status, page) = post(
+        &app,
+        "/audioconf/annuler",
+        format!("csrf_token={}&token={cancel_token}", csrf_token(&page)),
+    )
+    .await;
+    assert_eq!(status, Status::Ok);
+    assert!(page.contains("est fermée"));
+    let (status, _, _) = ivr(&app, BRIDGE_SECRET, NUMBER, &pin, "+33600000001").await;
+    assert_eq!(status, Status::NotFound);
+    let mails = smtp.wait_for(3);
+    assert!(mails
+        .iter()
+        .map(|m| parse(m))
+        .any(|m| m["subject"] == "Audioconférence annulée"));
+    let (status, _) = get(&app, &cancel).await;
+    assert_eq!(status, Status::Gone, "already cancelled");
+}
+
+#[rocket::async_test]
+async fn refused_domains_bad_input_and_limits_keep_the_input_and_explain() {
+    let smtp = SmtpServer::start();
+    let app = app(&smtp, |f| {
+        f.merge(("portal.audioconf.max_requests_per_email", 2))
+    })
+    .await;
+
+    let (status, page) = request_link(&app, "someone@gmail.com", "when=day&day=2000-01-01").await;
+    assert_eq!(status, Status::UnprocessableEntity);
+    assert!(title(&page).starts_with("Erreur : "));
+    assert!(page.contains("Choisissez un jour dans la liste."));
+    let (status, page) = request_link(&app, "someone@gmail.com", "when=duration&duration=60").await;
+    assert_eq!(status, Status::UnprocessableEntity);
+    assert!(page.contains("Les adresses du domaine « gmail.com » ne peuvent pas réserver"));
+    assert!(
+        page.contains("audioconf@portail.localhost"),
+        "says whom to ask"
+    );
+    assert!(page.contains("value=\"someone@gmail.com\""), "input kept");
+    assert!(page.contains("aria-describedby=\"email-erreur\""));
+    // Suffix rules never fail open.
+    let (status, _) = request_link(&app, "x@evilgouv.fr", "when=duration&duration=60").await;
+    assert_eq!(status, Status::UnprocessableEntity);
+    let (status, page) = request_link(&app, "not-an-address", "when=duration&duration=60").await;
+    assert_eq!(status, Status::UnprocessableEntity);
+    assert!(page.contains("Saisissez une adresse électronique valide"));
+    let (status, page) = request_link(&app, "a@agent.gouv.fr", "when=duration&duration=17").await;
+    assert_eq!(status, Status::UnprocessableEntity);
+    assert!(page.contains("Choisissez une durée dans la liste."));
+    let mut conn = app.db.conn().await;
+    let n: i64 = audioconf_requests::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .expect("n");
+    assert_eq!(n, 0, "nothing recorded for refused requests");
+
+    // The daily limit per address: the third request is refused with a message and 429.
+    for _ in 0..2 {
+        assert_eq!(
+            request_link(&app, "a@agent.gouv.fr", "when=duration&duration=60")
+                .await
+                .0,
+            Status::Ok
+        );
+    }
+    let (status, page) = request_link(&app, "A@Agent.gouv.fr", "when=duration&duration=60").await;
+    assert_eq!(status, Status::TooManyRequests);
+    assert!(page.contains("a atteint le nombre de réservations autorisées"));
+}
+
+#[rocket::async_test]
+async fn expired_and_unknown_links_say_so_and_book_nothing() {
+    let smtp = SmtpServer::start();
+    let app = app(&smtp, |f| f).await;
+    request_link(&app, "a@agent.gouv.fr", "when=duration&duration=30").await;
+    let link = link_in(&parse(&smtp.wait_for(1)[0]), "/audioconf/confirmer/");
+    let mut conn = app.db.conn().await;
+    diesel::update(audioconf_requests::table)
+        .set(audioconf_requests::expires_at.eq(Utc::now() - Duration::minutes(1)))
+        .execute(&mut conn)
+        .await
+        .expect("expire");
+    let (status, page) = get(&app, &link).await;
+    assert_eq!(status, Status::Gone);
+    assert!(page.contains("Ce lien a expiré"));
+    let (_, home) = get(&app, "/audioconf").await;
+    let token = link.rsplit('/').next().expect("token");
+    let (status, _) = post(
+        &app,
+        "/audioconf/confirmer",
+        format!("csrf_token={}&token={token}", csrf_token(&home)),
+    )
+    .await;
+    assert_eq!(status, Status::Gone);
+    let (status, page) = get(&app, "/audioconf/confirmer/nope").await;
+    assert_eq!(status, Status::NotFound);
+    assert!(page.contains("Ce lien n’existe pas"));
+    let n: i64 = audioconf_conferences::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .expect("n");
+    assert_eq!(n, 0);
+}
+
+async fn book_direct(
+    app: &TestApp,
+    settings: &tchap_portal::config::AudioconfSettings,
+    i: usize,
+) -> Result<booking::Created, BookError> {
+    let keys = app
+        .client
+        .rocket()
+        .state::<tchap_portal::crypto::Keys>()
+        .expect("keys");
+    let mailer = app
+        .client
+        .rocket()
+        .state::<tchap_portal::mail::Mailer>()
+        .expect("mailer");
+    let mut conn = app.pool().get().await.expect("conn");
+    let email = format!("agent{i}@agent.gouv.fr");
+    booking::book(
+        &mut conn,
+        keys,
+        settings,
+        mailer,
+        NewConference {
+            email: &email,
+            period: Period::minutes(60, Utc::now()),
+            via: "email",
+            lang: Lang::Fr,
+        },
+        Utc::now(),
+    )
+    .await
+}
+
+fn settings_of(app: &TestApp) -> tchap_portal::config::AudioconfSettings {
+    app.client
+        .rocket()
+        .state::<tchap_portal::config::Config>()
+        .expect("config")
+        .settings
+        .audioconf
+        .clone()
+}
+
+#[rocket::async_test]
+async fn two_hundred_concurrent_bookings_on_one_number_get_distinct_pins() {
+    let smtp = SmtpServer::start();
+    // 1,000 PINs for 200 bookings at once: collisions happen, the constraint settles them.
+    let app = std::sync::Arc::new(
+        app(&smtp, |f| {
+            f.merge(("portal.audioconf.pin_length", 3))
+                .merge(("portal.db.pool_size", 16))
+        })
+        .await,
+    );
+    let settings = settings_of(&app);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let app = app.clone();
+        let settings = settings.clone();
+        tasks.push(rocket::tokio::spawn(async move {
+            book_direct(&app, &settings, i).await.map(|c| c.pin)
+        }));
+    }
+    let mut pins = std::collections::HashSet::new();
+    for t in tasks {
+        let pin = t.await.expect("task").expect("booked");
+        assert!(pins.insert(pin), "a PIN given twice");
+    }
+    let mut conn = app.db.conn().await;
+    let distinct: i64 = audioconf_conferences::table
+        .select(diesel::dsl::count(audioconf_conferences::pin_hmac).aggregate_distinct())
+        .get_result(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(distinct, 200, "every PIN distinct in the database");
+    let mails: i64 = outbox::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .expect("n");
+    assert_eq!(mails, 200, "one details mail per booking");
+}
+
+#[rocket::async_test]
+async fn an_exhausted_pool_books_nothing_and_keeps_the_link_usable() {
+    let smtp = SmtpServer::start();
+    let app = app(&smtp, |f| f.merge(("portal.audioconf.pin_length", 1))).await;
+    let settings = settings_of(&app);
+    for i in 0..10 {
+        book_direct(&app, &settings, i)
+            .await
+            .expect("one of the 10 PINs");
+    }
+    assert!(matches!(
+        book_direct(&app, &settings, 10).await,
+        Err(BookError::Exhausted)
+    ));
+
+    // Through the pages: a clear message, the link still valid, nothing half-created.
+    request_link(&app, "a@agent.gouv.fr", "when=duration&duration=30").await;
+    let mails = smtp.wait_for(11);
+    let link = mails
+        .iter()
+        .map(|m| parse(m))
+        .find(|m| m["subject"] == "Confirmez votre audioconférence")
+        .map(|m| link_in(&m, "/audioconf/confirmer/"))
+        .expect("link mail");
+    let (_, page) = get(&app, &link).await;
+    let token = link.rsplit('/').next().expect("token");
+    let mut conn = app.db.conn().await;
+    let before: i64 = outbox::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .expect("n");
+    let (status, page) = post(
+        &app,
+        "/audioconf/confirmer",
+        format!("csrf_token={}&token={token}", csrf_token(&page)),
+    )
+    .await;
+    assert_eq!(status, Status::ServiceUnavailable);
+    assert!(page.contains("Toutes les lignes sont occupées"));
+    assert_eq!(
+        outbox::table
+            .count()
+            .get_result::<i64>(&mut conn)
+            .await
+            .expect("n"),
+        before
+    );
+    assert_eq!(
+        audioconf_conferences::table
+            .count()
+            .get_result::<i64>(&mut conn)
+            .await
+            .expect("n"),
+        10
+    );
+    assert_eq!(
+        get(&app, &link).await.0,
+        Status::Ok,
+        "the link is still usable"
+    );
+}
+
+#[rocket::async_test]
+async fn the_ivr_needs_a_bridge_secret_and_locks_out_a_guessing_caller() {
+    let smtp = SmtpServer::start();
+    let app = app(&smtp, |f| f.merge(("portal.audioconf.ivr_max_failures", 3))).await;
+    let created = book_direct(&app, &settings_of(&app), 0)
+        .await
+        .expect("booked");
+
+    let (status, _, _) = ivr(&app, "wrong-secret", NUMBER, &created.pin, "+33600000002").await;
+    assert_eq!(status, Status::Unauthorized);
+    let (status, body, _) = ivr(
+        &app,
+        BRIDGE_SECRET,
+        NUMBER,
+        &format!(
+            "{} #",
+            tchap_portal::audioconf::format::grouped(&created.pin)
+        ),
+        "+33600000002",
+    )
+    .await;
+    assert_eq!(status, Status::Ok, "spaces and # are ignored: {body}");
+    assert_eq!(body["conference_id"], created.public_id.as_str());
+    let wrong = if created.pin == "000000000" {
+        "111111111"
+    } else {
+        "000000000"
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            ivr(&app, BRIDGE_SECRET, NUMBER, wrong, "+33600000003")
+                .await
+                .0,
+            Status::NotFound
+        );
+    }
+    let (status, _, retry) = ivr(&app, BRIDGE_SECRET, NUMBER, &created.pin, "+33600000003").await;
+    assert_eq!(
+        status,
+        Status::TooManyRequests,
+        "locked out, even with the right PIN"
+    );
+    assert!(retry
+        .and_then(|r| r.parse::<i64>().ok())
+        .is_some_and(|s| s > 0));
+    assert_eq!(
+        ivr(&app, BRIDGE_SECRET, NUMBER, &created.pin, "+33600000004")
+            .await
+            .0,
+        Status::Ok,
+        "other callers are not"
+    );
+    assert_eq!(
+        ivr(
+            &app,
+            BRIDGE_SECRET,
+            "+33189000009",
+            &created.pin,
+            "+33600000004"
+        )
+        .await
+        .0,
+        Status::NotFound,
+        "the PIN belongs to its number"
+    );
+}
+
+#[rocket::async_test]
+async fn smtp_down_during_a_booking_still_confirms_and_the_mail_arrives_later() {
+    let mut smtp = SmtpServer::start();
+    let app = app(&smtp, |f| f).await;
+    let today = tchap_portal::audioconf::format::paris_date(Utc::now());
+    request_link(&app, "a@agent.gouv.fr", &format!("when=day&day={today}")).await;
+    let link = link_in(&parse(&smtp.wait_for(1)[0]), "/audioconf/confirmer/");
+    let (_, page) = get(&app, &link).await;
+    smtp.stop();
+    let token = link.rsplit('/').next().expect("token");
+    let (status, page) = post(
+        &app,
+        "/audioconf/confirmer",
+        format!("csrf_token={}&token={token}", csrf_token(&page)),
+    )
+    .await;
+    assert_eq!(status, Status::Ok, "the agent gets the line at once");
+    let pin = pin_on(&page);
+    assert!(page.contains("Toute la journée du"));
+    rocket::tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    smtp.restart();
+    let mails = smtp.wait_for(2);
+    let details: Vec<Value> = mails
+        .iter()
+        .map(|m| parse(m))
+        .filter(|m| {
+            m["subject"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("Votre audioconférence du "))
+        })
+        .collect();
+    assert_eq!(details.len(), 1, "delivered once");
+    assert!(details[0]["text"]
+        .as_str()
+        .expect("text")
+        .contains(&tchap_portal::audioconf::format::grouped(&pin)));
+    let ics = ics_lines(details[0]["attachments"][0]["body"].as_str().expect("ics"));
+    assert!(
+        ics.iter().any(|(k, _)| k == "DTSTART;VALUE=DATE"),
+        "an all-day event"
+    );
+}
+
+#[rocket::async_test]
+async fn retention_erases_addresses_after_the_period_and_keeps_statistics() {
+    let smtp = SmtpServer::start();
+    let app = app(&smtp, |f| f).await;
+    let settings = settings_of(&app);
+    let created = book_direct(&app, &settings, 0).await.expect("booked");
+    let mut conn = app.db.conn().await;
+    diesel::update(audioconf_conferences::table.find(created.id))
+        .set((
+            audioconf_conferences::starts_at.eq(Utc::now() - Duration::days(40)),
+            audioconf_conferences::ends_at.eq(Utc::now() - Duration::days(31)),
+        ))
+        .execute(&mut conn)
+        .await
+        .expect("age");
+    let recent = book_direct(&app, &settings, 1).await.expect("booked");
+    let (erased, _) = tchap_portal::audioconf::retention(&mut conn, &settings, Utc::now())
+        .await
+        .expect("job");
+    assert_eq!(erased, 1);
+    let rows: Vec<(i64, Option<String>, String)> = audioconf_conferences::table
+        .select((
+            audioconf_conferences::id,
+            audioconf_conferences::email,
+            audioconf_conferences::email_domain,
+        ))
+        .order(audioconf_conferences::id)
+        .load(&mut conn)
+        .await
+        .expect("rows");
+    assert_eq!(rows[0], (created.id, None, "agent.gouv.fr".into()));
+    assert_eq!(rows[1].0, recent.id);
+    assert!(rows[1].1.is_some(), "a recent conference keeps its address");
+}
