@@ -96,6 +96,7 @@ async fn home_error_page_and_language_switch_in_chromium_without_javascript() {
                 ("accessibility-en", "/accessibilite"),
                 ("legal-fr", "/langue/fr?next=%2Fmentions-legales"),
                 ("login-fr", "/connexion"),
+                ("audioconf-fr", "/audioconf"),
             ],
         )
     })
@@ -114,6 +115,10 @@ async fn home_error_page_and_language_switch_in_chromium_without_javascript() {
     assert_eq!(
         by_name("legal-fr")["title"],
         "Mentions légales — Portail Tchap"
+    );
+    assert_eq!(
+        by_name("audioconf-fr")["title"],
+        "Réserver une audioconférence — Portail Tchap"
     );
     assert_accessible(&report);
 }

@@ -4,7 +4,7 @@ use rocket::http::{ContentType, Header, Method, Status};
 use tchap_portal::web::csrf;
 use tchap_portal::web::headers::CSP;
 
-use crate::common::{title, TestApp};
+use crate::common::{title, unescape, TestApp};
 
 fn assert_security_headers(res: &rocket::local::asynchronous::LocalResponse<'_>, what: &str) {
     let h = res.headers();
@@ -447,11 +447,12 @@ async fn every_template_renders_with_sample_data() {
         "partials/form",
         "audioconf/line",
     ];
+    // Each mail template, and a value from the sample that both of its parts must show.
     let mail_templates = [
-        "test",
-        "audioconf_link",
-        "audioconf_details",
-        "audioconf_cancelled",
+        ("test", "alice@example.gouv.fr"),
+        ("audioconf_link", "x&#x2F;l"),
+        ("audioconf_details", "123 456 789"),
+        ("audioconf_cancelled", "01 89 00 00 00"),
     ];
     let mail_samples = json!({"to": "alice@example.gouv.fr", "link": "http://x/l", "ttl": 60, "choice": "1 h",
         "all_day": false, "number": "+33189000000", "number_national": "01 89 00 00 00", "pin": "123456789", "pin_grouped": "123 456 789", "tel": "tel:+33189000000,,123456789%23", "all_day": true, "day": "samedi 21 novembre 2026", "start": "10:00", "end": "23:59", "end_day": "samedi 21 novembre 2026", "participant_limit": 50, "cancel_url": "http://x/c"});
@@ -469,9 +470,9 @@ async fn every_template_renders_with_sample_data() {
         let covered = samples.iter().any(|(n, _)| *n == name)
             || layouts.contains(&name.as_str())
             || name == "email/html/base"
-            || mail_templates
-                .iter()
-                .any(|m| name == format!("email/html/{m}") || name == format!("email/text/{m}"));
+            || mail_templates.iter().any(|(m, _)| {
+                name == format!("email/html/{m}") || name == format!("email/text/{m}")
+            });
         assert!(covered, "template {name} has no sample in this test");
     }
     for (name, page) in &samples {
@@ -488,7 +489,7 @@ async fn every_template_renders_with_sample_data() {
         }
     }
     let mailer = app.client.rocket().state::<Mailer>().expect("mailer");
-    for m in mail_templates {
+    for (m, shown) in mail_templates {
         for lang in tchap_portal::web::i18n::Lang::ALL {
             let html = mailer
                 .render(&format!("email/html/{m}"), lang, &mail_samples)
@@ -497,7 +498,8 @@ async fn every_template_renders_with_sample_data() {
                 .render(&format!("email/text/{m}"), lang, &mail_samples)
                 .expect("text part");
             assert!(
-                html.contains("alice@example.gouv.fr") && text.contains("alice@example.gouv.fr")
+                html.contains(shown) && unescape(&text).contains(&unescape(shown)),
+                "{m} ({lang:?}) shows {shown}"
             );
         }
     }
