@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod jobs;
 pub mod mail;
 pub mod oidc;
 pub mod web;

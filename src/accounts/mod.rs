@@ -12,7 +12,7 @@ use chrono::Utc;
 use rocket::fairing::AdHoc;
 
 use crate::config::{Config, SessionSettings};
-use crate::db::Db;
+use crate::jobs::{self, First};
 
 /// How often expired sessions and old login failures are removed.
 const CLEAN_UP_EVERY: Duration = Duration::from_secs(3600);
@@ -28,14 +28,21 @@ pub fn stage(config: &Config) -> AdHoc {
                     "/",
                     rocket::routes![login::login_page, login::login, login::logout],
                 )
-                .attach(AdHoc::on_liftoff("Accounts clean-up", move |rocket| {
-                    Box::pin(async move {
-                        if let Some(db) = rocket.state::<Db>().cloned() {
-                            let shutdown = rocket.shutdown();
-                            rocket::tokio::spawn(clean_up_loop(db, sessions, shutdown));
+                .attach(jobs::every(
+                    "Accounts clean-up",
+                    CLEAN_UP_EVERY,
+                    First::Now,
+                    move |mut conn| {
+                        let sessions = sessions.clone();
+                        async move {
+                            match clean_up(&mut conn, &sessions).await {
+                                Ok(n) if n > 0 => tracing::info!(rows = n, "accounts clean-up"),
+                                Ok(_) => {}
+                                Err(e) => tracing::warn!(error = %e, "accounts clean-up failed"),
+                            }
                         }
-                    })
-                }))),
+                    },
+                ))),
             Err(e) => {
                 tracing::error!("matrix client: {e}");
                 Err(rocket)
@@ -45,25 +52,13 @@ pub fn stage(config: &Config) -> AdHoc {
 }
 
 /// Removes expired sessions and login failures past their window; returns how many rows went.
-pub async fn clean_up(db: &Db, sessions: &SessionSettings) -> Result<usize, crate::db::DbError> {
-    let mut conn = db.get().await?;
+pub async fn clean_up(
+    conn: &mut diesel_async::AsyncPgConnection,
+    sessions: &SessionSettings,
+) -> diesel::QueryResult<usize> {
     let now = Utc::now();
-    let a = session::purge_expired(&mut conn, sessions, now).await?;
+    let a = session::purge_expired(conn, sessions, now).await?;
     // Every throttling window (logins, IVR) is at most a day: older failures count for nothing.
-    let b = throttle::purge(&mut conn, now - chrono::Duration::hours(24)).await?;
+    let b = throttle::purge(conn, now - chrono::Duration::hours(24)).await?;
     Ok(a + b)
-}
-
-async fn clean_up_loop(db: Db, sessions: SessionSettings, mut shutdown: rocket::Shutdown) {
-    loop {
-        match clean_up(&db, &sessions).await {
-            Ok(n) if n > 0 => tracing::info!(rows = n, "accounts clean-up"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "accounts clean-up failed"),
-        }
-        rocket::tokio::select! {
-            _ = rocket::tokio::time::sleep(CLEAN_UP_EVERY) => {}
-            _ = &mut shutdown => return,
-        }
-    }
 }

@@ -276,7 +276,6 @@ pub fn view(
         "day": format::day(day, lang),
         "start": format::time(period.starts_at),
         "end": format::time(period.ends_at),
-        "end_day": format::day(format::paris_date(period.ends_at), lang),
         "participant_limit": settings.participant_limit,
     })
 }

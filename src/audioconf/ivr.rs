@@ -103,15 +103,8 @@ pub async fn verify(
     let caller = v.caller.as_deref().unwrap_or("anonymous");
     let key = [format!("ivr:{bridge}:{caller}")];
     let now = Utc::now();
-    let unavailable = || {
-        Api::error(
-            Status::ServiceUnavailable,
-            "temporarily_unavailable",
-            "try again",
-        )
-    };
     let Ok(mut conn) = db.get().await else {
-        return unavailable();
+        return Api::unavailable();
     };
     let window = Duration::minutes(settings.ivr_window_minutes);
     match throttle::blocked_for(&mut conn, &key, settings.ivr_max_failures, window, now).await {
@@ -126,10 +119,10 @@ pub async fn verify(
             return api;
         }
         Ok(None) => {}
-        Err(_) => return unavailable(),
+        Err(_) => return Api::unavailable(),
     }
     let Ok(mac) = pin_hmac(keys, &v.called, &pin) else {
-        return unavailable();
+        return Api::unavailable();
     };
     let found: Result<Option<(String, chrono::DateTime<Utc>)>, _> = conf::table
         .filter(conf::number.eq(&v.called))
@@ -155,7 +148,7 @@ pub async fn verify(
                 .await
                 .is_err()
             {
-                return unavailable();
+                return Api::unavailable();
             }
             tracing::info!(%bridge, called = %v.called, %caller, "ivr: wrong PIN");
             Api::error(
@@ -164,6 +157,6 @@ pub async fn verify(
                 "no conference with this PIN now",
             )
         }
-        Err(_) => unavailable(),
+        Err(_) => Api::unavailable(),
     }
 }

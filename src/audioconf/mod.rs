@@ -17,7 +17,7 @@ use rocket::fairing::AdHoc;
 
 use crate::config::{AudioconfSettings, Config};
 use crate::db::schema::{audioconf_conferences as conf, audioconf_requests as req};
-use crate::db::Db;
+use crate::jobs::{self, First};
 
 /// How often the retention job runs (it is idempotent: running it more often changes nothing).
 const RETENTION_EVERY: Duration = Duration::from_secs(6 * 3600);
@@ -38,39 +38,24 @@ pub fn stage(config: &Config) -> AdHoc {
                     ivr::verify,
                 ],
             )
-            .attach(AdHoc::on_liftoff("AudioConf retention", move |rocket| {
-                Box::pin(async move {
-                    let Some(db) = rocket.state::<Db>().cloned() else {
-                        return;
-                    };
-                    let mut shutdown = rocket.shutdown();
-                    rocket::tokio::spawn(async move {
-                        loop {
-                            match db.get().await {
-                                Ok(mut conn) => {
-                                    match retention(&mut conn, &settings, Utc::now()).await {
-                                        Ok(r) => tracing::info!(
-                                            emails_erased = r.0,
-                                            requests_purged = r.1,
-                                            "audioconf retention"
-                                        ),
-                                        Err(e) => {
-                                            tracing::warn!(error = %e, "audioconf retention failed")
-                                        }
-                                    }
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "audioconf retention: no database")
-                                }
-                            }
-                            rocket::tokio::select! {
-                                _ = rocket::tokio::time::sleep(RETENTION_EVERY) => {}
-                                _ = &mut shutdown => return,
-                            }
+            .attach(jobs::every(
+                "AudioConf retention",
+                RETENTION_EVERY,
+                First::Now,
+                move |mut conn| {
+                    let settings = settings.clone();
+                    async move {
+                        match retention(&mut conn, &settings, Utc::now()).await {
+                            Ok((erased, purged)) => tracing::info!(
+                                emails_erased = erased,
+                                requests_purged = purged,
+                                "audioconf retention"
+                            ),
+                            Err(e) => tracing::warn!(error = %e, "audioconf retention failed"),
                         }
-                    });
-                })
-            }))
+                    }
+                },
+            ))
     })
 }
 

@@ -144,7 +144,6 @@ pub async fn create(
                     "link": link,
                     "ttl": settings.link_ttl_minutes,
                     "choice": choice.label(lang),
-                    "all_day": matches!(choice, Choice::Day(_)),
                 }),
                 attachments: vec![],
             },

@@ -150,6 +150,15 @@ impl From<&Client> for ClientView {
     }
 }
 
+async fn client_or_404(
+    conn: &mut diesel_async::AsyncPgConnection,
+    client_id: &str,
+) -> Result<Client, AppError> {
+    clients::find(conn, client_id)
+        .await?
+        .ok_or(AppError::NotFound)
+}
+
 #[get("/admin/services?<supprime>")]
 pub async fn list(
     _admin: Admin,
@@ -217,7 +226,7 @@ pub async fn create(
             errors.form(problem);
             return Ok(form_page(&ctx, &form, &errors));
         }
-        Err(e) => return Err(AppError::Internal(e.to_string())),
+        Err(e) => return Err(e.into()),
     };
     tracing::info!(admin = %admin.0.matrix_user_id, client = %client.client_id, "service registered");
     Ok(client_page(&ctx, &client, secret.as_deref(), true))
@@ -231,9 +240,7 @@ pub async fn show(
     db: &State<Db>,
 ) -> Result<Page, AppError> {
     let mut conn = db.get().await?;
-    let client = clients::find(&mut conn, client_id)
-        .await?
-        .ok_or(AppError::NotFound)?;
+    let client = client_or_404(&mut conn, client_id).await?;
     Ok(client_page(&ctx, &client, None, false))
 }
 
@@ -245,13 +252,11 @@ pub async fn rotate_secret(
     db: &State<Db>,
 ) -> Result<Page, AppError> {
     let mut conn = db.get().await?;
-    let client = clients::find(&mut conn, client_id)
-        .await?
-        .filter(|c| !c.public)
-        .ok_or(AppError::NotFound)?;
-    let secret = clients::rotate_secret(&mut conn, client_id)
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let client = client_or_404(&mut conn, client_id).await?;
+    if client.public {
+        return Err(AppError::NotFound);
+    }
+    let secret = clients::rotate_secret(&mut conn, client_id).await?;
     tracing::info!(admin = %admin.0.matrix_user_id, client = %client_id, "service secret renewed");
     Ok(client_page(&ctx, &client, Some(&secret), false))
 }
@@ -264,9 +269,7 @@ pub async fn remove_page(
     db: &State<Db>,
 ) -> Result<Page, AppError> {
     let mut conn = db.get().await?;
-    let client = clients::find(&mut conn, client_id)
-        .await?
-        .ok_or(AppError::NotFound)?;
+    let client = client_or_404(&mut conn, client_id).await?;
     Ok(Page::ok(ctx.render(
         "admin/client_remove",
         json!({ "client": ClientView::from(&client) }),
@@ -276,12 +279,8 @@ pub async fn remove_page(
 #[post("/admin/services/<client_id>/supprimer")]
 pub async fn remove(admin: Admin, client_id: &str, db: &State<Db>) -> Result<Redirect, AppError> {
     let mut conn = db.get().await?;
-    let client = clients::find(&mut conn, client_id)
-        .await?
-        .ok_or(AppError::NotFound)?;
-    clients::remove(&mut conn, client_id)
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let client = client_or_404(&mut conn, client_id).await?;
+    clients::remove(&mut conn, client_id).await?;
     tracing::info!(admin = %admin.0.matrix_user_id, client = %client_id, "service removed");
     Ok(Redirect::to(format!(
         "/admin/services?supprime={}",

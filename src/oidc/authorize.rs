@@ -19,7 +19,6 @@ use crate::crypto::{self, Keys};
 use crate::db::Db;
 use crate::web::errors::AppError;
 use crate::web::headers::CSP;
-use crate::web::i18n::{Lang, LANG_COOKIE};
 use crate::web::page::Ctx;
 
 use super::clients::{self, Client};
@@ -308,16 +307,7 @@ async fn authorize(
     config: &Config,
 ) -> Result<AuthResponse, AppError> {
     let issuer = config.public_url();
-    // ui_locales: the service's language wish, unless the agent already chose one.
-    if let Some(lang) = p
-        .ui_locales
-        .as_deref()
-        .and_then(|l| l.split_whitespace().find_map(Lang::parse))
-    {
-        if cookies.get(LANG_COOKIE).is_none() {
-            ctx.lang = lang;
-        }
-    }
+    ctx.prefer_ui_locales(p.ui_locales.as_deref(), cookies);
     let mut conn = db.get().await?;
     let c = match check(&ctx, &p, &mut conn, issuer).await? {
         Ok(c) => c,

@@ -75,6 +75,17 @@ pub enum ClientError {
     Crypto(#[from] crypto::CryptoError),
 }
 
+impl From<ClientError> for crate::web::errors::AppError {
+    fn from(e: ClientError) -> Self {
+        use crate::web::errors::AppError;
+        match e {
+            ClientError::NotFound(_) => AppError::NotFound,
+            ClientError::Db(e) => AppError::Query(e),
+            e => AppError::Internal(e.to_string()),
+        }
+    }
+}
+
 /// A redirect URI must be absolute, without fragment; https except on loopback (development).
 pub fn valid_redirect_uri(uri: &str) -> bool {
     let Some(origin) = crate::config::origin_of(uri) else {

@@ -19,7 +19,6 @@ use crate::crypto::Keys;
 use crate::db::Db;
 use crate::web::errors::AppError;
 use crate::web::form::Page;
-use crate::web::i18n::{Lang, LANG_COOKIE};
 use crate::web::page::Ctx;
 
 use super::authorize::{csp_allowing, with_query};
@@ -140,15 +139,7 @@ async fn logout(
     keys: &Keys,
     config: &Config,
 ) -> Result<Either<Page, Redirect>, AppError> {
-    if let Some(lang) = p
-        .ui_locales
-        .as_deref()
-        .and_then(|l| l.split_whitespace().find_map(Lang::parse))
-    {
-        if cookies.get(LANG_COOKIE).is_none() {
-            ctx.lang = lang;
-        }
-    }
+    ctx.prefer_ui_locales(p.ui_locales.as_deref(), cookies);
     let mut conn = db.get().await?;
     let c = match check(&mut conn, config, &p).await? {
         Ok(c) => c,

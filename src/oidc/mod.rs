@@ -21,6 +21,7 @@ use rocket::fairing::AdHoc;
 use crate::config::Config;
 use crate::crypto::Keys;
 use crate::db::Db;
+use crate::jobs::{self, First};
 
 /// How often each instance reloads the active signing keys (to follow a rotation made elsewhere).
 const KEY_REFRESH: Duration = Duration::from_secs(60);
@@ -74,28 +75,18 @@ pub fn stage(config: &Config) -> AdHoc {
                     admin::remove,
                 ],
             )
-            .attach(AdHoc::on_liftoff("Signing keys refresh", move |rocket| {
-                Box::pin(async move {
-                    let Some(db) = rocket.state::<Db>().cloned() else {
-                        return;
-                    };
-                    let mut shutdown = rocket.shutdown();
-                    rocket::tokio::spawn(async move {
-                        loop {
-                            rocket::tokio::select! {
-                                _ = rocket::tokio::time::sleep(KEY_REFRESH) => {}
-                                _ = &mut shutdown => return,
-                            }
-                            if let Ok(mut conn) = db.get().await {
-                                if let Err(e) =
-                                    refresher.refresh(&mut conn, &keys, Utc::now()).await
-                                {
-                                    tracing::warn!(error = %e, "signing keys refresh failed");
-                                }
-                            }
+            .attach(jobs::every(
+                "Signing keys refresh",
+                KEY_REFRESH,
+                First::AfterPeriod,
+                move |mut conn| {
+                    let (ring, keys) = (refresher.clone(), keys.clone());
+                    async move {
+                        if let Err(e) = ring.refresh(&mut conn, &keys, Utc::now()).await {
+                            tracing::warn!(error = %e, "signing keys refresh failed");
                         }
-                    });
-                })
-            })))
+                    }
+                },
+            )))
     })
 }

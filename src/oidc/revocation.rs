@@ -23,14 +23,6 @@ pub struct TokenRequest {
     pub client_secret: Option<String>,
 }
 
-fn unavailable() -> Api {
-    Api::error(
-        Status::ServiceUnavailable,
-        "temporarily_unavailable",
-        "try again",
-    )
-}
-
 async fn client_and_token(
     conn: &mut diesel_async::AsyncPgConnection,
     form: &TokenRequest,
@@ -58,7 +50,7 @@ async fn client_and_token(
 #[post("/revoke", data = "<form>")]
 pub async fn revoke(form: Form<TokenRequest>, basic: BasicAuth, db: &State<Db>) -> Api {
     let Ok(mut conn) = db.get().await else {
-        return unavailable();
+        return Api::unavailable();
     };
     let (client, token) = match client_and_token(&mut conn, &form, &basic).await {
         Ok(x) => x,
@@ -76,7 +68,7 @@ pub async fn revoke(form: Form<TokenRequest>, basic: BasicAuth, db: &State<Db>) 
     let now = Utc::now();
     let found = match grants::lookup_token(&mut conn, &token, now).await {
         Ok(f) => f,
-        Err(_) => return unavailable(),
+        Err(_) => return Api::unavailable(),
     };
     let Some(info) = found else {
         return Api::ok(json!({}));
@@ -95,7 +87,7 @@ pub async fn revoke(form: Form<TokenRequest>, basic: BasicAuth, db: &State<Db>) 
         grants::revoke_token(&mut conn, info.id, now).await
     };
     if done.is_err() {
-        return unavailable();
+        return Api::unavailable();
     }
     tracing::info!(client = %client.client_id, kind = %info.kind, "token revoked");
     Api::ok(json!({}))
@@ -112,7 +104,7 @@ pub async fn introspect(
     config: &State<Config>,
 ) -> Api {
     let Ok(mut conn) = db.get().await else {
-        return unavailable();
+        return Api::unavailable();
     };
     let (client, token) = match client_and_token(&mut conn, &form, &basic).await {
         Ok(x) => x,
@@ -131,7 +123,7 @@ pub async fn introspect(
     let info = match grants::lookup_token(&mut conn, &token, Utc::now()).await {
         Ok(Some(info)) if info.active && info.grant.client_id == client.client_id => info,
         Ok(_) => return Api::ok(json!({"active": false})),
-        Err(_) => return unavailable(),
+        Err(_) => return Api::unavailable(),
     };
     Api::ok(json!({
         "active": true,

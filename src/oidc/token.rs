@@ -50,6 +50,15 @@ impl Api {
         }
     }
 
+    /// 503: the database did not answer in time; the caller may retry.
+    pub fn unavailable() -> Api {
+        Api::error(
+            Status::ServiceUnavailable,
+            "temporarily_unavailable",
+            "try again",
+        )
+    }
+
     fn invalid_client(description: &str) -> Api {
         Api {
             www_authenticate: Some("Basic realm=\"tchap\"".into()),
@@ -141,13 +150,7 @@ pub async fn authenticate_client(
     };
     let client = clients::find(conn, &id)
         .await
-        .map_err(|_| {
-            Api::error(
-                Status::ServiceUnavailable,
-                "temporarily_unavailable",
-                "try again",
-            )
-        })?
+        .map_err(|_| Api::unavailable())?
         .ok_or_else(|| Api::invalid_client("unknown client"))?;
     match (client.public, secret) {
         (true, None) => Ok(client),
@@ -212,15 +215,8 @@ pub async fn token(
     keys: &State<Keys>,
     config: &State<Config>,
 ) -> Api {
-    let unavailable = || {
-        Api::error(
-            Status::ServiceUnavailable,
-            "temporarily_unavailable",
-            "try again",
-        )
-    };
     let Ok(mut conn) = db.get().await else {
-        return unavailable();
+        return Api::unavailable();
     };
     let client = match authenticate_client(
         &mut conn,
@@ -259,7 +255,7 @@ pub async fn token(
                         "unknown or expired code",
                     )
                 }
-                Err(_) => return unavailable(),
+                Err(_) => return Api::unavailable(),
             };
             if redeemed.grant.client_id != client.client_id {
                 return Api::error(
@@ -332,7 +328,7 @@ pub async fn token(
                         "unknown or expired refresh token",
                     )
                 }
-                Err(_) => return unavailable(),
+                Err(_) => return Api::unavailable(),
             };
             if grant.client_id != client.client_id {
                 return Api::error(
@@ -368,7 +364,7 @@ pub async fn token(
     .await
     {
         Ok(t) => t,
-        Err(_) => return unavailable(),
+        Err(_) => return Api::unavailable(),
     };
     let id_token = match id_token(ring, keys, config, &client, &grant, &access, with_nonce) {
         Ok(t) => t,
@@ -431,22 +427,12 @@ async fn userinfo(
         };
     };
     let Ok(mut conn) = db.get().await else {
-        return Api::error(
-            Status::ServiceUnavailable,
-            "temporarily_unavailable",
-            "try again",
-        );
+        return Api::unavailable();
     };
     let grant = match grants::grant_for_token(&mut conn, &token, "access", Utc::now()).await {
         Ok(Some(g)) => g,
         Ok(None) => return invalid("unknown, expired or revoked token"),
-        Err(_) => {
-            return Api::error(
-                Status::ServiceUnavailable,
-                "temporarily_unavailable",
-                "try again",
-            )
-        }
+        Err(_) => return Api::unavailable(),
     };
     let Ok(Some(client)) = clients::find(&mut conn, &grant.client_id).await else {
         return invalid("the client is no longer registered");

@@ -90,6 +90,20 @@ impl Ctx {
         Template::render(template, ctx)
     }
 
+    /// OpenID `ui_locales`: the service's language wish, unless the agent already chose one.
+    pub fn prefer_ui_locales(
+        &mut self,
+        ui_locales: Option<&str>,
+        cookies: &rocket::http::CookieJar<'_>,
+    ) {
+        let wished = ui_locales.and_then(|l| l.split_whitespace().find_map(Lang::parse));
+        if let Some(lang) = wished {
+            if cookies.get(crate::web::i18n::LANG_COOKIE).is_none() {
+                self.lang = lang;
+            }
+        }
+    }
+
     pub fn t(&self, key: &str) -> &'static str {
         self.lang.t(key)
     }

@@ -635,3 +635,71 @@ async fn retention_erases_addresses_after_the_period_and_keeps_statistics() {
     assert_eq!(rows[1].0, recent.id);
     assert!(rows[1].1.is_some(), "a recent conference keeps its address");
 }
+
+#[rocket::async_test]
+async fn bad_ivr_requests_unknown_cancel_links_and_a_missing_number_pool_are_answered_plainly() {
+    let smtp = SmtpServer::start();
+    let portal = app(&smtp, |f| f).await;
+    for body in [
+        json!({"called": "0189000000", "pin": "123"}).to_string(),
+        json!({"called": NUMBER, "pin": "12a"}).to_string(),
+        "not json".to_owned(),
+    ] {
+        let res = portal
+            .client
+            .post("/api/v1/ivr/verify")
+            .header(ContentType::JSON)
+            .header(Header::new(
+                "Authorization",
+                format!("Bearer {BRIDGE_SECRET}"),
+            ))
+            .body(body.clone())
+            .dispatch()
+            .await;
+        assert_eq!(res.status(), Status::BadRequest, "{body}");
+    }
+    let (status, page) = get(&portal, "/audioconf/annuler/inconnu").await;
+    assert_eq!(status, Status::NotFound);
+    assert!(page.contains("Ce lien n’existe pas"));
+
+    // No numbers configured: the page says so and a booking is refused on the same page.
+    let empty = app(&smtp, |f| {
+        f.merge(("portal.audioconf.numbers", Vec::<String>::new()))
+    })
+    .await;
+    let (_, page) = get(&empty, "/audioconf").await;
+    assert!(page.contains("aucun numéro n’est configuré"));
+    let (status, page) = request_link(&empty, "a@agent.gouv.fr", "when=duration&duration=60").await;
+    assert_eq!(status, Status::UnprocessableEntity);
+    assert!(page.contains("aucun numéro n’est configuré"));
+    assert!(page.contains("value=\"a@agent.gouv.fr\""));
+    let mut conn = empty.db.conn().await;
+    let n: i64 = audioconf_requests::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .expect("n");
+    assert_eq!(n, 0);
+}
+
+#[rocket::async_test]
+async fn the_database_down_gives_503_pages_and_answers_never_500() {
+    let smtp = SmtpServer::start();
+    let app = app(&smtp, |f| f.merge(("portal.db.timeout_secs", 1))).await;
+    let (_, page) = get(&app, "/audioconf").await;
+    app.db.drop_now().await;
+    let (status, html) = post(
+        &app,
+        "/audioconf",
+        format!(
+            "csrf_token={}&email=a%40agent.gouv.fr&when=duration&duration=60",
+            csrf_token(&page)
+        ),
+    )
+    .await;
+    assert_eq!(status, Status::ServiceUnavailable);
+    assert!(title(&html).contains("Portail Tchap"), "a DSFR error page");
+    let (status, body, _) = ivr(&app, BRIDGE_SECRET, NUMBER, "123456789", "+33600000009").await;
+    assert_eq!(status, Status::ServiceUnavailable);
+    assert_eq!(body["error"], "temporarily_unavailable");
+}

@@ -1123,6 +1123,18 @@ async fn rp_initiated_logout_without_hint_asks_the_agent_first() {
     );
     assert!(!logged_in(&app).await);
 
+    // An unknown service: an error page, no redirect.
+    let res = app
+        .client
+        .get(format!(
+            "/logout?client_id=inconnu&post_logout_redirect_uri={}",
+            enc(RP_BYE)
+        ))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::BadRequest);
+    assert!(res.headers().get_one("Location").is_none());
+
     // Without any service: a page saying so.
     let (_, user_id) = new_user("agent", PASSWORD, None).await;
     login(&app.client, &user_id).await;

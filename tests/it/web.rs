@@ -419,11 +419,11 @@ async fn every_template_renders_with_sample_data() {
         ),
         (
             "audioconf/details",
-            json!({"number": "+33189000000", "number_national": "01 89 00 00 00", "pin": "123456789", "pin_grouped": "123 456 789", "tel": "tel:+33189000000,,123456789%23", "all_day": true, "day": "samedi 21 novembre 2026", "start": "10:00", "end": "23:59", "end_day": "samedi 21 novembre 2026", "participant_limit": 50, "email": "a@b.gouv.fr"}),
+            json!({"number": "+33189000000", "number_national": "01 89 00 00 00", "pin": "123456789", "pin_grouped": "123 456 789", "tel": "tel:+33189000000,,123456789%23", "all_day": true, "day": "samedi 21 novembre 2026", "start": "10:00", "end": "23:59", "participant_limit": 50, "email": "a@b.gouv.fr"}),
         ),
         (
             "audioconf/cancel",
-            json!({"number": "+33189000000", "number_national": "01 89 00 00 00", "pin": "123456789", "pin_grouped": "123 456 789", "tel": "tel:+33189000000,,123456789%23", "all_day": true, "day": "samedi 21 novembre 2026", "start": "10:00", "end": "23:59", "end_day": "samedi 21 novembre 2026", "participant_limit": 50, "token": "tok"}),
+            json!({"number": "+33189000000", "number_national": "01 89 00 00 00", "pin": "123456789", "pin_grouped": "123 456 789", "tel": "tel:+33189000000,,123456789%23", "all_day": true, "day": "samedi 21 novembre 2026", "start": "10:00", "end": "23:59", "participant_limit": 50, "token": "tok"}),
         ),
         (
             "audioconf/cancelled",
@@ -455,7 +455,7 @@ async fn every_template_renders_with_sample_data() {
         ("audioconf_cancelled", "01 89 00 00 00"),
     ];
     let mail_samples = json!({"to": "alice@example.gouv.fr", "link": "http://x/l", "ttl": 60, "choice": "1 h",
-        "all_day": false, "number": "+33189000000", "number_national": "01 89 00 00 00", "pin": "123456789", "pin_grouped": "123 456 789", "tel": "tel:+33189000000,,123456789%23", "all_day": true, "day": "samedi 21 novembre 2026", "start": "10:00", "end": "23:59", "end_day": "samedi 21 novembre 2026", "participant_limit": 50, "cancel_url": "http://x/c"});
+        "all_day": false, "number": "+33189000000", "number_national": "01 89 00 00 00", "pin": "123456789", "pin_grouped": "123 456 789", "tel": "tel:+33189000000,,123456789%23", "all_day": true, "day": "samedi 21 novembre 2026", "start": "10:00", "end": "23:59", "participant_limit": 50, "cancel_url": "http://x/c"});
 
     for file in template_files() {
         let name = file
