@@ -61,6 +61,21 @@ pub struct AudioconfSettings {
     /// Wrong PINs allowed from one caller within the window, then 429.
     pub ivr_max_failures: i64,
     pub ivr_window_minutes: i64,
+    /// "Se connecter avec Tchap": the OpenID issuer AudioConf books through.
+    pub tchap: TchapLoginSettings,
+}
+
+/// The OpenID Connect provider AudioConf uses for "Se connecter avec Tchap".
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TchapLoginSettings {
+    /// The issuer (its discovery document is read from `{issuer}/.well-known/openid-configuration`);
+    /// none: this portal's own Tchap Identité.
+    pub issuer: Option<String>,
+    /// The client registered at the issuer. None: registered automatically outside release when the
+    /// issuer is this portal; otherwise the button is not offered.
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -226,6 +241,7 @@ impl Default for Settings {
                 bridges: vec![],
                 ivr_max_failures: 5,
                 ivr_window_minutes: 15,
+                tchap: TchapLoginSettings::default(),
             },
             oidc: OidcSettings {
                 code_ttl_secs: 60,
@@ -452,6 +468,21 @@ impl Config {
             return Err(bad(
                 "audioconf.bridges",
                 format!("{}: the secret needs at least 32 characters", b.name),
+            ));
+        }
+        let t = &a.tchap;
+        if let Some(issuer) = &t.issuer {
+            if origin_of(issuer).is_none() || (release && !issuer.starts_with("https://")) {
+                return Err(bad(
+                    "audioconf.tchap.issuer",
+                    "must be an absolute URL (https:// in release)",
+                ));
+            }
+        }
+        if t.client_id.is_some() != t.client_secret.is_some() {
+            return Err(bad(
+                "audioconf.tchap.client_id",
+                "client_id and client_secret go together",
             ));
         }
         if let Some(a) = settings

@@ -14,6 +14,8 @@ pub mod web;
 
 use std::time::Duration;
 
+use base64::Engine;
+
 use rocket::fairing::AdHoc;
 use rocket::figment::Figment;
 use rocket::{Build, Rocket};
@@ -36,8 +38,20 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
     })?;
     let migrate = config.settings.db.run_migrations;
     let url = config.database_url.clone();
+    let keys = Keys::new(&config.secret_key);
+    // Rocket's private cookies (the OpenID client's state) use a key derived from the portal's
+    // secret, so there is one secret to configure; an explicit ROCKET_SECRET_KEY still wins.
+    let figment = if figment.find_value("secret_key").is_err() {
+        let derived = keys.derive("rocket-private-cookies");
+        figment.merge((
+            "secret_key",
+            base64::engine::general_purpose::STANDARD.encode(derived),
+        ))
+    } else {
+        figment
+    };
     Ok(rocket::custom(figment)
-        .manage(Keys::new(&config.secret_key))
+        .manage(keys)
         .manage(db)
         .attach(AdHoc::try_on_ignite(
             "Migrations",

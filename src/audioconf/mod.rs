@@ -7,24 +7,68 @@ pub mod ics;
 pub mod ivr;
 pub mod pages;
 pub mod request;
+pub mod tchap;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rocket::fairing::AdHoc;
+use rocket::{Build, Rocket};
+use rocket_oauth2::{OAuth2, OAuthConfig};
 
 use crate::config::{AudioconfSettings, Config};
 use crate::db::schema::{audioconf_conferences as conf, audioconf_requests as req};
+use crate::db::Db;
 use crate::jobs::{self, First};
+
+/// "Se connecter avec Tchap": `rocket_oauth2` over the issuer's discovered endpoints, and outside
+/// release the portal's own provider gets the client registered.
+async fn with_tchap(
+    rocket: Rocket<Build>,
+    issuer: Arc<tchap::Issuer>,
+    own_dev_client: bool,
+) -> Rocket<Build> {
+    if own_dev_client {
+        let registered = match (rocket.state::<Db>(), rocket.state::<Config>()) {
+            (Some(db), Some(config)) => tchap::register_dev_client(db, config, &issuer).await,
+            _ => Err("no database".into()),
+        };
+        if let Err(e) = registered {
+            // Not fatal: the booking by email still works; the button's flow will say it failed.
+            tracing::warn!(error = %e, "audioconf: development client not registered");
+        }
+    }
+    let (client_id, secret) = (issuer.client_id.clone(), issuer.client_secret().to_owned());
+    let oauth = OAuthConfig::new(
+        tchap::DiscoveredProvider(issuer.clone()),
+        client_id,
+        secret,
+        Some(issuer.redirect_uri.clone()),
+    );
+    rocket
+        .attach(OAuth2::<tchap::Tchap>::custom(
+            tchap::ReqwestAdapter(issuer.clone()),
+            oauth,
+        ))
+        .manage(issuer)
+        .mount("/", rocket::routes![tchap::start, tchap::callback])
+}
 
 /// How often the retention job runs (it is idempotent: running it more often changes nothing).
 const RETENTION_EVERY: Duration = Duration::from_secs(6 * 3600);
 
 pub fn stage(config: &Config) -> AdHoc {
     let settings = config.settings.audioconf.clone();
-    AdHoc::on_ignite("AudioConf", |rocket| async move {
+    let issuer = tchap::Issuer::from_config(config).map(Arc::new);
+    let own_dev_client = config.settings.audioconf.tchap.client_id.is_none();
+    AdHoc::on_ignite("AudioConf", move |rocket| async move {
+        let rocket = match issuer {
+            Some(issuer) => with_tchap(rocket, issuer, own_dev_client).await,
+            None => rocket,
+        };
         rocket
             .mount(
                 "/",

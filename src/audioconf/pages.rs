@@ -21,7 +21,8 @@ use crate::web::page::Ctx;
 
 use super::booking::{self, BookError, Created};
 use super::request::{self, Choice, Limited, LinkError};
-use super::{domains, format};
+use super::{domains, format, tchap};
+use crate::oidc::authorize::csp_allowing;
 
 #[derive(Debug, Clone, Default, FromForm, Serialize, Validate)]
 pub struct BookForm {
@@ -81,13 +82,14 @@ fn duration_options(settings: &AudioconfSettings, lang: Lang) -> Vec<Opt> {
         .collect()
 }
 
-fn form_page(
+pub(super) fn form_page(
     ctx: &Ctx,
-    settings: &AudioconfSettings,
+    config: &Config,
     form: &BookForm,
     errors: &FieldErrors,
     status: Status,
 ) -> Page {
+    let settings = &config.settings.audioconf;
     let today = format::paris_date(Utc::now());
     let mut form = form.clone();
     if form.when.is_empty() {
@@ -105,6 +107,8 @@ fn form_page(
     }
     Page {
         status,
+        // The Tchap button's form goes on to the issuer, which form-action must allow.
+        csp: tchap::foreign_origin(config).map(|o| csp_allowing(&o)),
         ..Page::ok(ctx.render(
             "audioconf/book",
             json!({
@@ -115,6 +119,7 @@ fn form_page(
                 "durations": duration_options(settings, ctx.lang),
                 "available": !settings.numbers.is_empty(),
                 "link_ttl": settings.link_ttl_minutes,
+                "tchap": tchap::offered(config),
             }),
         ))
     }
@@ -122,7 +127,6 @@ fn form_page(
 
 #[get("/audioconf")]
 pub fn book_page(ctx: Ctx, config: &State<Config>) -> Page {
-    let settings = &config.settings.audioconf;
     let form = BookForm {
         email: ctx
             .user
@@ -131,11 +135,11 @@ pub fn book_page(ctx: Ctx, config: &State<Config>) -> Page {
             .unwrap_or_default(),
         ..<BookForm as Default>::default()
     };
-    form_page(&ctx, settings, &form, &FieldErrors::default(), Status::Ok)
+    form_page(&ctx, config, &form, &FieldErrors::default(), Status::Ok)
 }
 
 /// The form's choice, checked against what the settings offer.
-fn choice(
+pub(super) fn choice(
     form: &BookForm,
     settings: &AudioconfSettings,
     lang: Lang,
@@ -207,7 +211,7 @@ pub async fn book(
     let Some(chosen) = chosen.filter(|_| errors.is_empty()) else {
         return Ok(form_page(
             &ctx,
-            settings,
+            config,
             &form,
             &errors,
             Status::UnprocessableEntity,
@@ -235,7 +239,7 @@ pub async fn book(
             }));
             Ok(form_page(
                 &ctx,
-                settings,
+                config,
                 &form,
                 &errors,
                 Status::TooManyRequests,
@@ -245,7 +249,7 @@ pub async fn book(
     }
 }
 
-fn book_failure(e: BookError) -> AppError {
+pub(super) fn book_failure(e: BookError) -> AppError {
     match e {
         BookError::Db(e) => AppError::Query(e),
         e => AppError::Internal(e.to_string()),
@@ -289,7 +293,7 @@ pub struct TokenForm {
     pub token: String,
 }
 
-fn details(ctx: &Ctx, settings: &AudioconfSettings, c: &Created, email: &str) -> Value {
+pub(super) fn details(ctx: &Ctx, settings: &AudioconfSettings, c: &Created, email: &str) -> Value {
     let mut v = booking::view(settings, ctx.lang, &c.number, &c.pin, &c.period);
     v["email"] = json!(email);
     v

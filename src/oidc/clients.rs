@@ -174,6 +174,43 @@ pub async fn add(
     Ok((client, secret))
 }
 
+/// Registers, or brings up to date, a client whose id and secret the portal chose itself (its own
+/// services in development, such as AudioConf's "Se connecter avec Tchap").
+pub async fn upsert_own(
+    conn: &mut AsyncPgConnection,
+    client_id: &str,
+    secret: &str,
+    new: &NewClient,
+    now: DateTime<Utc>,
+) -> Result<Client, ClientError> {
+    new.validate()?;
+    let uris = |v: &[String]| v.iter().cloned().map(Some).collect::<Vec<_>>();
+    let hash = crypto::sha256(secret.as_bytes());
+    Ok(diesel::insert_into(oidc_clients::table)
+        .values((
+            oidc_clients::client_id.eq(client_id),
+            oidc_clients::secret_hash.eq(Some(&hash)),
+            oidc_clients::name.eq(new.name.trim()),
+            oidc_clients::redirect_uris.eq(uris(&new.redirect_uris)),
+            oidc_clients::post_logout_redirect_uris.eq(uris(&new.post_logout_redirect_uris)),
+            oidc_clients::public.eq(false),
+            oidc_clients::subject_type.eq(&new.subject_type),
+            oidc_clients::id_token_alg.eq(&new.id_token_alg),
+            oidc_clients::userinfo_signed.eq(new.userinfo_signed),
+            oidc_clients::created_at.eq(now),
+        ))
+        .on_conflict(oidc_clients::client_id)
+        .do_update()
+        .set((
+            oidc_clients::secret_hash.eq(Some(&hash)),
+            oidc_clients::name.eq(new.name.trim()),
+            oidc_clients::redirect_uris.eq(uris(&new.redirect_uris)),
+        ))
+        .returning(Client::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
 pub async fn find(conn: &mut AsyncPgConnection, client_id: &str) -> QueryResult<Option<Client>> {
     oidc_clients::table
         .filter(oidc_clients::client_id.eq(client_id))

@@ -703,3 +703,252 @@ async fn the_database_down_gives_503_pages_and_answers_never_500() {
     assert_eq!(status, Status::ServiceUnavailable);
     assert_eq!(body["error"], "temporarily_unavailable");
 }
+
+/// The portal on a real port (the relying party's back channel calls it: discovery, token, JWKS,
+/// userinfo) and a local client on the same settings and database for the agent's browser.
+async fn tchap_app(smtp: &SmtpServer) -> (TestApp, String, Figment) {
+    let db = TestDb::new().await;
+    let port = crate::common::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let fig = figment(&db)
+        .merge(("port", port))
+        .merge(("portal.public_url", base.clone()))
+        .merge(("portal.audioconf.numbers", vec![NUMBER]))
+        .merge(("portal.mail.transport", "smtp"))
+        .merge(("portal.mail.smtp_host", "127.0.0.1"))
+        .merge(("portal.mail.smtp_port", smtp.port))
+        .merge(("portal.mail.smtp_security", "none"))
+        .merge(("portal.mail.poll_secs", 1));
+    let server = tchap_portal::build(fig.clone())
+        .expect("settings")
+        .ignite()
+        .await
+        .expect("ignite");
+    rocket::tokio::spawn(server.launch());
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        rocket::tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let browser = TestApp::with_figment(db, fig.clone().merge(("portal.mail.worker", true))).await;
+    (browser, base, fig)
+}
+
+/// Presses "Se connecter avec Tchap" on the booking form; returns the redirect to the issuer.
+async fn start_with_tchap(app: &TestApp, when: &str) -> String {
+    let (_, page) = get(app, "/audioconf").await;
+    let res = app
+        .client
+        .post("/audioconf/tchap")
+        .header(ContentType::Form)
+        .body(format!("csrf_token={}&email=&{when}", csrf_token(&page)))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::SeeOther);
+    res.headers()
+        .get_one("Location")
+        .expect("to the issuer")
+        .to_owned()
+}
+
+fn path_of<'a>(url: &'a str, base: &str) -> &'a str {
+    url.strip_prefix(base).expect("an address of this portal")
+}
+
+#[rocket::async_test]
+async fn booking_with_tchap_uses_the_verified_email_and_refuses_replays_and_refusals() {
+    use crate::common::matrix::{new_user, set_email};
+    use crate::oidc_flow::{decide, query};
+    let smtp = SmtpServer::start();
+    let (app, base, _) = tchap_app(&smtp).await;
+    let (_, user_id) = new_user("resa", "Resa-pass-42", Some("Inès Roy [DINUM]")).await;
+    set_email(&user_id, "ines.roy@numerique.gouv.fr").await;
+    crate::common::log_in(&app.client, &user_id, "Resa-pass-42").await;
+
+    let (_, page) = get(&app, "/audioconf").await;
+    assert!(page.contains("formaction=\"/audioconf/tchap\""));
+    assert!(page.contains("Se connecter avec Tchap"));
+
+    // Out to the portal's own provider, with nonce and PKCE.
+    let to_issuer = start_with_tchap(&app, "when=duration&duration=60").await;
+    assert!(to_issuer.starts_with(&format!("{base}/authorize?")));
+    let q = query(&to_issuer);
+    assert_eq!(q["client_id"], "portail-audioconf");
+    assert_eq!(q["redirect_uri"], format!("{base}/audioconf/tchap/retour"));
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["scope"], "openid email");
+    assert!(q["nonce"].len() >= 43 && q["code_challenge"].len() == 43 && !q["state"].is_empty());
+
+    // The consent page shows the address that will be shared.
+    let (status, consent) = get(&app, path_of(&to_issuer, &base)).await;
+    assert_eq!(status, Status::Ok);
+    assert!(consent.contains("AudioConf (Portail Tchap)"));
+    assert!(consent.contains("ines.roy@numerique.gouv.fr"));
+    let back = decide(&app.client, &consent, "approve").await;
+    assert!(back.starts_with(&format!("{base}/audioconf/tchap/retour?code=")));
+
+    // Back: verified, booked for that address, shown, and mailed.
+    let (status, details) = get(&app, path_of(&back, &base)).await;
+    assert_eq!(status, Status::Ok, "{details}");
+    let pin = pin_on(&details);
+    assert_eq!(pin.len(), 9);
+    assert!(details.contains("ines.roy@numerique.gouv.fr"));
+    let mut conn = app.db.conn().await;
+    let (email, via): (Option<String>, String) = audioconf_conferences::table
+        .select((audioconf_conferences::email, audioconf_conferences::via))
+        .first(&mut conn)
+        .await
+        .expect("one conference");
+    assert_eq!(
+        (email.as_deref(), via.as_str()),
+        (Some("ines.roy@numerique.gouv.fr"), "tchap")
+    );
+    let mails = smtp.wait_for(1);
+    let mail = parse(&mails[0]);
+    assert_eq!(mail["to"], "ines.roy@numerique.gouv.fr");
+    assert!(mail["text"].as_str().expect("text").contains(&format!(
+        "{} {} {}",
+        &pin[..3],
+        &pin[3..6],
+        &pin[6..]
+    )));
+    assert_eq!(mail["attachments"][0]["filename"], "audioconference.ics");
+
+    // The same answer again (reload, or replayed by someone else) books nothing.
+    let (status, again) = get(&app, path_of(&back, &base)).await;
+    assert_eq!(status, Status::BadRequest);
+    assert!(again.contains("n’a pas abouti"));
+    let count = || audioconf_conferences::table.count();
+    assert_eq!(count().get_result::<i64>(&mut conn).await.expect("n"), 1);
+
+    // Refusing at the provider comes back to the form with the choice kept, nothing booked.
+    let to_issuer = start_with_tchap(&app, "when=duration&duration=120").await;
+    let (_, consent) = get(
+        &app,
+        &format!("{}&prompt=consent", path_of(&to_issuer, &base)),
+    )
+    .await;
+    let back = decide(&app.client, &consent, "refuse").await;
+    assert!(back.contains("error=access_denied"));
+    let (status, page) = get(&app, path_of(&back, &base)).await;
+    assert_eq!(status, Status::Ok);
+    assert!(page.contains("Vous n’avez pas autorisé l’accès"));
+    assert!(page.contains("value=\"120\" selected"));
+    assert_eq!(count().get_result::<i64>(&mut conn).await.expect("n"), 1);
+
+    // A bad choice never leaves the form.
+    let (_, form) = get(&app, "/audioconf").await;
+    let (status, page) = post(
+        &app,
+        "/audioconf/tchap",
+        format!("csrf_token={}&when=duration&duration=7", csrf_token(&form)),
+    )
+    .await;
+    assert_eq!(status, Status::UnprocessableEntity);
+    assert!(title(&page).starts_with("Erreur"));
+}
+
+#[rocket::async_test]
+async fn booking_with_tchap_verifies_the_id_token_and_rejects_a_tampered_one() {
+    use crate::common::matrix::{new_user, set_email};
+    use crate::oidc_flow::{decide, query};
+    use rocket_oauth2::TokenResponse;
+    use tchap_portal::audioconf::tchap::{self, Issuer, RpError, Tchap};
+    use tchap_portal::crypto::{b64url, b64url_decode, sha256};
+    let smtp = SmtpServer::start();
+    let (app, base, fig) = tchap_app(&smtp).await;
+    let config = tchap_portal::config::Config::from_figment(&fig).expect("config");
+    let (_, user_id) = new_user("jeton", "Jeton-pass-42", None).await;
+    set_email(&user_id, "jeton@numerique.gouv.fr").await;
+    crate::common::log_in(&app.client, &user_id, "Jeton-pass-42").await;
+
+    // A real code for the portal's own AudioConf client, with our nonce and verifier.
+    let verifier = "v".repeat(50);
+    let redirect = format!("{base}/audioconf/tchap/retour");
+    let (_, consent) = get(
+        &app,
+        &format!(
+            "/authorize?response_type=code&client_id=portail-audioconf&redirect_uri={}&scope=openid%20email&state=s&nonce=the-nonce&code_challenge={}&code_challenge_method=S256",
+            enc(&redirect),
+            b64url(&sha256(verifier.as_bytes()))
+        ),
+    )
+    .await;
+    let code = query(&decide(&app.client, &consent, "approve").await)["code"].clone();
+    let keys = tchap_portal::crypto::Keys::new(&config.secret_key);
+    let res = reqwest::Client::new()
+        .post(format!("{base}/token"))
+        .basic_auth("portail-audioconf", Some(tchap::dev_client_secret(&keys)))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect.as_str()),
+            ("code_verifier", verifier.as_str()),
+        ])
+        .send()
+        .await
+        .expect("token");
+    assert!(res.status().is_success(), "{}", res.status());
+    let body: Value = res.json().await.expect("json");
+    let tokens = |body: &Value| -> TokenResponse<Tchap> {
+        TokenResponse::<()>::try_from(body.clone())
+            .expect("token response")
+            .cast()
+    };
+
+    // Verified over the portal's discovery, JWKS and userinfo endpoints.
+    let issuer = Issuer::from_config(&config).expect("offered in development");
+    assert_eq!(
+        issuer
+            .verified_email(&tokens(&body), "the-nonce")
+            .await
+            .expect("verified"),
+        "jeton@numerique.gouv.fr"
+    );
+    assert!(matches!(
+        issuer.verified_email(&tokens(&body), "another-nonce").await,
+        Err(RpError::IdToken("nonce"))
+    ));
+
+    // Tampered: claims changed under the original signature, a signature from another key, none.
+    let id_token = body["id_token"].as_str().expect("id_token").to_owned();
+    let parts: Vec<&str> = id_token.split('.').collect();
+    let mut claims: Value =
+        serde_json::from_slice(&b64url_decode(parts[1]).expect("b64")).expect("claims");
+    claims["aud"] = json!("someone-else");
+    let forged_claims = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64url(claims.to_string().as_bytes()),
+        parts[2]
+    );
+    let none = format!("{}.{}.", b64url(br#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+    let (kid, _, der) = tchap_portal::oidc::keys::generate("RS256").expect("key");
+    let foreign = tchap_portal::oidc::keys::SigningKey {
+        kid,
+        alg: "RS256",
+        pkey: openssl::pkey::PKey::private_key_from_der(&der).expect("der"),
+    };
+    let claims: Value =
+        serde_json::from_slice(&b64url_decode(parts[1]).expect("b64")).expect("claims");
+    let foreign_signed =
+        tchap_portal::oidc::jwt::sign(&foreign, &claims, Some("JWT")).expect("sign");
+    for bad in [forged_claims, none, foreign_signed] {
+        let mut b = body.clone();
+        b["id_token"] = json!(bad);
+        assert!(
+            matches!(
+                issuer.verified_email(&tokens(&b), "the-nonce").await,
+                Err(RpError::IdToken(_))
+            ),
+            "refused: {bad}"
+        );
+    }
+    let mut b = body.clone();
+    b.as_object_mut().expect("object").remove("id_token");
+    assert!(issuer
+        .verified_email(&tokens(&b), "the-nonce")
+        .await
+        .is_err());
+}

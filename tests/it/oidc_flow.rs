@@ -64,7 +64,7 @@ fn challenge() -> String {
     tchap_portal::crypto::b64url(&tchap_portal::crypto::sha256(VERIFIER.as_bytes()))
 }
 
-fn query(location: &str) -> std::collections::HashMap<String, String> {
+pub(crate) fn query(location: &str) -> std::collections::HashMap<String, String> {
     let q = location.split_once('?').map(|(_, q)| q).unwrap_or("");
     q.split('&')
         .filter_map(|kv| kv.split_once('='))
@@ -84,7 +84,7 @@ async fn authorize(client: &Client, params: &str) -> (Status, String, String) {
 }
 
 /// Answers the consent page; returns the redirect back to the service.
-async fn decide(client: &Client, consent_page: &str, decision: &str) -> String {
+pub(crate) async fn decide(client: &Client, consent_page: &str, decision: &str) -> String {
     let authz_marker = "name=\"authz\" value=\"";
     let start = consent_page.find(authz_marker).expect("authz field") + authz_marker.len();
     let authz = unescape(consent_page[start..].split('"').next().expect("authz"));

@@ -115,3 +115,20 @@ pub async fn whoami(token: &str) -> Result<String, u16> {
     let v: Value = res.json().await.expect("json");
     Ok(v["user_id"].as_str().unwrap_or_default().to_owned())
 }
+
+/// Gives `user_id` a verified email address, as a Tchap administrator does (Synapse's user admin
+/// API marks the addresses it sets as validated).
+pub async fn set_email(user_id: &str, email: &str) {
+    let (_, _, admin) = register("admin", "Admin-pass-42", None, true).await;
+    let res = reqwest::Client::new()
+        .put(format!(
+            "{}/_synapse/admin/v2/users/{user_id}",
+            homeserver()
+        ))
+        .bearer_auth(admin)
+        .json(&json!({"threepids": [{"medium": "email", "address": email}]}))
+        .send()
+        .await
+        .expect("user admin API");
+    assert!(res.status().is_success(), "set email: {}", res.status());
+}
