@@ -30,3 +30,9 @@ impl<'r> FromRequest<'r> for Admin {
         }
     }
 }
+
+/// The administrators' home: links to each administration page.
+#[rocket::get("/admin")]
+pub fn index(_admin: Admin, ctx: crate::web::page::Ctx) -> crate::web::form::Page {
+    crate::web::form::Page::ok(ctx.render("admin/index", serde_json::json!({})))
+}

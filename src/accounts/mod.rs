@@ -26,7 +26,7 @@ pub fn stage(config: &Config) -> AdHoc {
                 .manage(client)
                 .mount(
                     "/",
-                    rocket::routes![login::login_page, login::login, login::logout],
+                    rocket::routes![login::login_page, login::login, login::logout, admin::index],
                 )
                 .attach(jobs::every(
                     "Accounts clean-up",

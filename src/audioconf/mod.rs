@@ -1,5 +1,6 @@
 //! AudioConf: phone conferences booked with a professional email address.
 
+pub mod admin;
 pub mod booking;
 pub mod domains;
 pub mod format;
@@ -7,6 +8,7 @@ pub mod ics;
 pub mod ivr;
 pub mod pages;
 pub mod request;
+pub mod stats;
 pub mod tchap;
 
 use std::sync::Arc;
@@ -80,6 +82,10 @@ pub fn stage(config: &Config) -> AdHoc {
                     pages::cancel_page,
                     pages::cancel,
                     ivr::verify,
+                    stats::page,
+                    admin::list,
+                    admin::add,
+                    admin::remove,
                 ],
             )
             .attach(jobs::every(

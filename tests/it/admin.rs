@@ -20,13 +20,23 @@ async fn as_admin() -> (TestApp, String) {
     (app, admin)
 }
 
+/// The services registered by administrators (not the portal's own AudioConf client).
+async fn registered(conn: &mut diesel_async::AsyncPgConnection) -> Vec<clients::Client> {
+    clients::list(conn)
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|c| c.client_id != tchap_portal::audioconf::tchap::DEV_CLIENT_ID)
+        .collect()
+}
+
 #[rocket::async_test]
 async fn only_administrators_reach_the_admin_pages() {
     let (app, _) = as_admin().await;
     let res = app.client.get("/").dispatch().await;
     let home = res.into_string().await.expect("home");
     assert!(
-        home.contains("href=\"/admin/services\""),
+        home.contains("href=\"/admin\""),
         "administrators see the link"
     );
     assert_eq!(
@@ -55,7 +65,7 @@ async fn only_administrators_reach_the_admin_pages() {
         .into_string()
         .await
         .expect("home");
-    assert!(!home.contains("href=\"/admin/services\""));
+    assert!(!home.contains("href=\"/admin\""));
     let res = other
         .client
         .post("/admin/services/nouveau")
@@ -68,7 +78,7 @@ async fn only_administrators_reach_the_admin_pages() {
         .await;
     assert_eq!(res.status(), Status::Forbidden);
     let mut conn = other.db.conn().await;
-    assert!(clients::list(&mut conn).await.expect("list").is_empty());
+    assert!(registered(&mut conn).await.is_empty());
 }
 
 #[rocket::async_test]
@@ -142,7 +152,7 @@ async fn an_administrator_registers_a_service_sees_its_secret_once_renews_and_re
     assert_eq!(res.status(), Status::Ok);
     let html = unescape(&res.into_string().await.expect("page"));
     let mut conn = app.db.conn().await;
-    let all = clients::list(&mut conn).await.expect("list");
+    let all = registered(&mut conn).await;
     assert_eq!(all.len(), 1);
     let c = &all[0];
     assert_eq!(c.name, "Démarches simplifiées");
@@ -237,4 +247,145 @@ async fn an_administrator_registers_a_service_sees_its_secret_once_renews_and_re
         .dispatch()
         .await;
     assert_eq!(res.status(), Status::NotFound);
+}
+
+async fn post_form(app: &TestApp, path: &str, body: String) -> (Status, Option<String>, String) {
+    let res = app
+        .client
+        .post(path.to_owned())
+        .header(ContentType::Form)
+        .body(body)
+        .dispatch()
+        .await;
+    let status = res.status();
+    let location = res.headers().get_one("Location").map(str::to_owned);
+    (
+        status,
+        location,
+        unescape(&res.into_string().await.unwrap_or_default()),
+    )
+}
+
+async fn page(app: &TestApp, path: &str) -> (Status, String) {
+    let res = app.client.get(path.to_owned()).dispatch().await;
+    (
+        res.status(),
+        unescape(&res.into_string().await.unwrap_or_default()),
+    )
+}
+
+#[rocket::async_test]
+async fn administrators_allow_and_remove_audioconf_domains_and_bookings_follow() {
+    let (app, admin) = as_admin().await;
+    let (status, hub) = page(&app, "/admin").await;
+    assert_eq!(status, Status::Ok);
+    assert!(hub.contains("href=\"/admin/audioconf/domaines\""));
+    let (status, list) = page(&app, "/admin/audioconf/domaines").await;
+    assert_eq!(status, Status::Ok);
+    assert_eq!(
+        title(&list),
+        "AudioConf : domaines autorisés — Portail Tchap"
+    );
+    assert!(
+        list.contains("<code>.gouv.fr</code>"),
+        "the settings' rule is listed"
+    );
+
+    // Bad input: a message tied to the field, the input kept.
+    for (typed, message) in [
+        ("", "Saisissez un domaine"),
+        ("pas un domaine", "Ce n’est pas un domaine"),
+        (".gouv.fr", "déjà autorisé par les réglages"),
+    ] {
+        let (status, _, page) = post_form(
+            &app,
+            "/admin/audioconf/domaines",
+            format!("csrf_token={}&rule={}", csrf_token(&list), enc(typed)),
+        )
+        .await;
+        assert_eq!(status, Status::UnprocessableEntity, "{typed}");
+        assert!(title(&page).starts_with("Erreur"), "{typed}");
+        assert!(page.contains(message), "{typed}: {message}");
+        assert!(page.contains("aria-describedby=\"rule-"), "{typed}");
+        assert!(page.contains(&format!("value=\"{typed}\"")), "{typed} kept");
+    }
+
+    // Before: a city's address is refused at booking.
+    let (_, form) = page(&app, "/audioconf").await;
+    let booking = |f: &str| {
+        format!(
+            "csrf_token={}&email=agent%40mairie.ville-test.fr&when=duration&duration=60",
+            csrf_token(f)
+        )
+    };
+    let (status, _, _) = post_form(&app, "/audioconf", booking(&form)).await;
+    assert_eq!(status, Status::UnprocessableEntity);
+
+    // Added (as typed, with a capital and an @), then listed with who added it.
+    let (status, location, _) = post_form(
+        &app,
+        "/admin/audioconf/domaines",
+        format!("csrf_token={}&rule=%40.Ville-Test.fr", csrf_token(&list)),
+    )
+    .await;
+    assert_eq!(status, Status::SeeOther);
+    let location = location.expect("back to the list");
+    let (_, list) = page(&app, &location).await;
+    assert!(list.contains("Le domaine .ville-test.fr est autorisé."));
+    assert!(list.contains("<code>.ville-test.fr</code>"));
+    let mut conn = app.db.conn().await;
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use tchap_portal::db::schema::audioconf_domains as d;
+    let by: String = d::table
+        .filter(d::rule.eq(".ville-test.fr"))
+        .select(d::added_by)
+        .first(&mut conn)
+        .await
+        .expect("stored");
+    assert_eq!(by, admin);
+    let (status, _, page_) = post_form(
+        &app,
+        "/admin/audioconf/domaines",
+        format!("csrf_token={}&rule=.ville-test.fr", csrf_token(&list)),
+    )
+    .await;
+    assert_eq!(status, Status::UnprocessableEntity);
+    assert!(page_.contains("déjà dans la liste"));
+
+    // Now the booking goes through (no number configured here: the form says the service is
+    // unavailable, but the address itself is no longer refused).
+    let (_, form) = page(&app, "/audioconf").await;
+    let (_, _, answer) = post_form(&app, "/audioconf", booking(&form)).await;
+    assert!(!answer.contains("ne peuvent pas réserver"));
+
+    // Removed: refused again.
+    let (status, location, _) = post_form(
+        &app,
+        "/admin/audioconf/domaines/retirer",
+        format!("csrf_token={}&rule=.ville-test.fr", csrf_token(&list)),
+    )
+    .await;
+    assert_eq!(status, Status::SeeOther);
+    let (_, list) = page(&app, &location.expect("back")).await;
+    assert!(list.contains("Le domaine .ville-test.fr n’est plus autorisé."));
+    assert!(!list.contains("<code>.ville-test.fr</code>"));
+    let (_, form) = page(&app, "/audioconf").await;
+    let (_, _, answer) = post_form(&app, "/audioconf", booking(&form)).await;
+    assert!(answer.contains("ne peuvent pas réserver"));
+
+    // Not for agents: 403, and their POSTs change nothing.
+    let other = TestApp::new().await;
+    let (_, agent) = new_user("agent", PASSWORD, None).await;
+    log_in(&other.client, &agent, PASSWORD).await;
+    let (status, _) = page(&other, "/admin/audioconf/domaines").await;
+    assert_eq!(status, Status::Forbidden);
+    let (_, home) = page(&other, "/").await;
+    let (status, _, _) = post_form(
+        &other,
+        "/admin/audioconf/domaines",
+        format!("csrf_token={}&rule=evil.example", csrf_token(&home)),
+    )
+    .await;
+    assert_eq!(status, Status::Forbidden);
 }

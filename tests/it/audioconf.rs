@@ -952,3 +952,61 @@ async fn booking_with_tchap_verifies_the_id_token_and_rejects_a_tampered_one() {
         .await
         .is_err());
 }
+
+#[rocket::async_test]
+async fn statistics_show_thirty_days_as_a_chart_and_a_table_and_top_domains_to_admins() {
+    use crate::common::matrix::new_user;
+    let smtp = SmtpServer::start();
+    let (_, admin) = new_user("stats", "Stats-pass-42", None).await;
+    let app = app(&smtp, |f| f.merge(("portal.admins", vec![admin.clone()]))).await;
+    let settings = settings_of(&app);
+    for i in 0..3 {
+        book_direct(&app, &settings, i).await.expect("booked");
+    }
+    let mut conn = app.db.conn().await;
+    // One booked two days ago, one 40 days ago (outside the 30 days).
+    for (id_rank, days) in [(1, 2), (2, 40)] {
+        diesel::sql_query(format!(
+            "UPDATE audioconf_conferences SET created_at = now() - interval '{days} days' \
+             WHERE id = (SELECT id FROM audioconf_conferences ORDER BY id OFFSET {id_rank} LIMIT 1)"
+        ))
+        .execute(&mut conn)
+        .await
+        .expect("moved back");
+    }
+    let today = tchap_portal::audioconf::format::paris_date(Utc::now());
+    let row = |d: chrono::NaiveDate| format!("<time datetime=\"{d}\">");
+    let (status, page) = get(&app, "/audioconf/statistiques").await;
+    assert_eq!(status, Status::Ok);
+    assert_eq!(title(&page), "Statistiques d’AudioConf — Portail Tchap");
+    assert_eq!(page.matches("<rect ").count(), 30, "one bar per day");
+    assert_eq!(
+        page.matches("<time datetime=").count(),
+        30,
+        "one row per day"
+    );
+    assert!(page.contains("role=\"img\" aria-labelledby=\"chart-title chart-desc\""));
+    assert!(page.contains("2 audioconférence(s) réservée(s)"));
+    for (d, n) in [
+        (today, 1),
+        (today - Duration::days(2), 1),
+        (today - Duration::days(1), 0),
+    ] {
+        let at = page.find(&row(d)).expect("the day's row");
+        let cells = &page[at..at + 120];
+        assert!(
+            cells.contains(&format!("</time></td><td>{n}</td>")),
+            "{d}: {n} in {cells}"
+        );
+    }
+    assert!(
+        !page.contains("Domaines les plus actifs"),
+        "not for everyone"
+    );
+    assert!(!page.contains("agent.gouv.fr"));
+
+    crate::common::log_in(&app.client, &admin, "Stats-pass-42").await;
+    let (_, page) = get(&app, "/audioconf/statistiques").await;
+    assert!(page.contains("Domaines les plus actifs"));
+    assert!(page.contains("<td>agent.gouv.fr</td><td>2</td>"));
+}

@@ -97,6 +97,7 @@ async fn home_error_page_and_language_switch_in_chromium_without_javascript() {
                 ("legal-fr", "/langue/fr?next=%2Fmentions-legales"),
                 ("login-fr", "/connexion"),
                 ("audioconf-fr", "/audioconf"),
+                ("audioconf-stats-fr", "/audioconf/statistiques"),
             ],
         )
     })

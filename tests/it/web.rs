@@ -403,7 +403,21 @@ async fn every_template_renders_with_sample_data() {
             json!({"form": {"email": "a@b.gouv.fr", "when": "day", "day": "2026-11-21", "duration": "60"},
                    "errors": {"fields": {"email": "Saisissez", "day": "Choisissez", "duration": "Choisissez", "when": "Choisissez"}},
                    "form_errors": true, "days": [{"value": "2026-11-21", "label": "Aujourd’hui"}],
-                   "durations": [{"value": "60", "label": "1 h"}], "available": false, "link_ttl": 60}),
+                   "durations": [{"value": "60", "label": "1 h"}], "available": false, "link_ttl": 60, "tchap": true}),
+        ),
+        ("admin/index", json!({})),
+        (
+            "admin/audioconf_domains",
+            json!({"configured": [".gouv.fr"], "stored": ["ville-paris.fr"], "form": {"rule": "pas un domaine"},
+                   "errors": {"fields": {"rule": "Ce n’est pas un domaine"}}, "form_errors": true,
+                   "done": {"what": "added", "rule": "ville-paris.fr"}}),
+        ),
+        (
+            "audioconf/stats",
+            json!({"bars": [{"day": "samedi 21 novembre", "day_iso": "2026-11-21", "n": 3, "x": 2, "y": 20, "width": 16, "height": 180}],
+                   "total": 3, "busiest": {"day": "samedi 21 novembre", "n": 3}, "max": 3, "first": "jeudi 23 octobre",
+                   "last": "samedi 21 novembre", "width": 600, "height": 200, "show_top": true,
+                   "top": [{"domain": "numerique.gouv.fr", "n": 3}]}),
         ),
         (
             "audioconf/sent",
