@@ -1,9 +1,12 @@
-// Drives Debian's Chromium (headless, JavaScript disabled) through the pages given as JSON on
-// argv[2]: {"base": URL, "out": DIR, "steps": [{"name": …, "path": …}]}. For each page it saves a
-// screenshot at 1280 px and at 320 px, checks horizontal scrolling at 320 px, and runs axe-core
-// (WCAG 2.1 A and AA). axe needs script, so it runs in a second, audit-only context on the very
-// document the JS-free browser received (same URL, same CSS); the portal's pages run no script.
-// Prints one JSON report on stdout.
+// Drives Debian's Chromium (headless, JavaScript disabled) through a journey given as JSON on
+// argv[2]: {"base": URL, "out": DIR, "steps": [...]}. A step either opens a page
+// ({"name", "path"}) or acts on the current one like a person would ({"name", "fill": {selector:
+// text}, "check": [selector], "select": {selector: value}, "click": selector}, the click leading
+// to the next page). On every page reached it saves a screenshot at 1280 px and at 320 px, checks
+// horizontal scrolling at 320 px, and runs axe-core (WCAG 2.1 A and AA). axe needs script, so it
+// runs in a second, audit-only context on the very document the JS-free browser received (same
+// URL, same CSS); the portal's pages run no script. Prints one JSON report on stdout: per page its
+// status, URL, title, visible text and problems; a failing step names itself on stderr.
 const { chromium } = require('playwright-core');
 const axe = require('axe-core');
 const path = require('path');
@@ -22,10 +25,22 @@ const path = require('path');
     const page = await user.newPage();
     const auditPage = await audit.newPage();
     for (const step of spec.steps) {
-      const url = spec.base + step.path;
-      const res = await page.goto(url, { waitUntil: 'load' });
+      let res = null;
+      try {
+        if (step.path) res = await page.goto(spec.base + step.path, { waitUntil: 'load' });
+        for (const [sel, value] of Object.entries(step.fill || {})) await page.fill(sel, value);
+        for (const sel of step.check || []) await page.check(sel, { force: true });
+        for (const [sel, value] of Object.entries(step.select || {})) await page.selectOption(sel, value);
+        if (step.click) {
+          [res] = await Promise.all([page.waitForNavigation({ waitUntil: 'load' }), page.click(step.click)]);
+        }
+      } catch (e) {
+        throw new Error(`step "${step.name}" at ${page.url()}: ${e.message}`);
+      }
+      const url = page.url();
       const html = await page.content();
       const entry = { name: step.name, url, status: res ? res.status() : 0, title: await page.title() };
+      entry.text = await page.evaluate(() => document.body.innerText);
       await page.setViewportSize({ width: 1280, height: 900 });
       await page.screenshot({ path: path.join(spec.out, `${step.name}-1280.png`), fullPage: true });
       await page.setViewportSize({ width: 320, height: 640 });

@@ -8,12 +8,21 @@ use crate::common::{env, figment, free_port, TestDb};
 
 /// Serves the portal on a real port for the browser; returns its base URL.
 pub async fn serve() -> (String, TestDb) {
+    serve_with(|f| f).await
+}
+
+/// The same, with settings of the test's own.
+pub async fn serve_with(
+    tweak: impl FnOnce(rocket::figment::Figment) -> rocket::figment::Figment,
+) -> (String, TestDb) {
     let db = TestDb::new().await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let fig = figment(&db)
-        .merge(("port", port))
-        .merge(("portal.public_url", base.clone()));
+    let fig = tweak(
+        figment(&db)
+            .merge(("port", port))
+            .merge(("portal.public_url", base.clone())),
+    );
     let rocket = tchap_portal::build(fig)
         .expect("settings")
         .ignite()
@@ -31,13 +40,21 @@ pub async fn serve() -> (String, TestDb) {
 
 /// Runs the browser over `steps` ([name, path]) and returns its report, one entry per page.
 pub fn browse(base: &str, steps: &[(&str, &str)]) -> Vec<Value> {
+    journey(
+        base,
+        steps
+            .iter()
+            .map(|(n, p)| json!({"name": n, "path": p}))
+            .collect(),
+    )
+}
+
+/// Runs the browser through `steps` (see tests/browser/audit.cjs: open a page, or fill, check,
+/// select and click on the current one) and returns its report, one entry per page reached.
+pub fn journey(base: &str, steps: Vec<Value>) -> Vec<Value> {
     let out = std::path::Path::new(&env("IT_ARTIFACTS")).join("screenshots");
     std::fs::create_dir_all(&out).expect("screenshot folder");
-    let spec = json!({
-        "base": base,
-        "out": out,
-        "steps": steps.iter().map(|(n, p)| json!({"name": n, "path": p})).collect::<Vec<_>>(),
-    });
+    let spec = json!({ "base": base, "out": out, "steps": steps });
     let output = Command::new("node")
         .arg("tests/browser/audit.cjs")
         .arg(spec.to_string())
@@ -180,4 +197,129 @@ async fn a_third_party_relying_party_library_completes_a_flow() {
     assert_eq!(info["family_name"], "Durand");
     assert_eq!(info["organization"], "DINUM");
     assert_eq!(info["matrix_user_id"], user_id.as_str());
+}
+
+/// The page of `report` named `name`.
+fn step<'a>(report: &'a [Value], name: &str) -> &'a Value {
+    report
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no page {name} in the report"))
+}
+
+/// A PIN as shown to people: three groups of three digits.
+fn shown_pin(text: &str) -> Option<String> {
+    text.split('\n').find_map(|line| {
+        let digits: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+        let groups: Vec<&str> = line.split_whitespace().collect();
+        (digits.len() == 9
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && groups.len() == 3
+            && groups.iter().all(|g| g.len() == 3))
+        .then_some(digits)
+    })
+}
+
+fn link_in(mail: &Value, path: &str) -> String {
+    let text = mail["text"].as_str().expect("text part");
+    let start = text.find(path).expect("the link in the mail");
+    let token = text[start + path.len()..]
+        .split_whitespace()
+        .next()
+        .expect("token");
+    format!("{path}{token}")
+}
+
+#[rocket::async_test]
+async fn audioconf_journeys_by_email_and_with_tchap_in_chromium_without_javascript() {
+    use crate::common::matrix::{new_user, set_email};
+    use crate::common::smtp::{parse, SmtpServer};
+    let smtp = SmtpServer::start();
+    let port = smtp.port;
+    let (base, _db) = serve_with(move |f| {
+        f.merge(("portal.audioconf.numbers", vec!["+33189000000"]))
+            .merge(("portal.mail.worker", true))
+            .merge(("portal.mail.transport", "smtp"))
+            .merge(("portal.mail.smtp_host", "127.0.0.1"))
+            .merge(("portal.mail.smtp_port", port))
+            .merge(("portal.mail.smtp_security", "none"))
+            .merge(("portal.mail.poll_secs", 1))
+    })
+    .await;
+
+    // By email: the form, then "check your mail".
+    let email = "camille.martin@numerique.gouv.fr";
+    let report = journey(
+        &base,
+        vec![
+            json!({"name": "audioconf-form", "path": "/audioconf"}),
+            json!({"name": "audioconf-email-sent", "fill": {"#email": email},
+                   "check": ["#when-duration"], "select": {"#duration": "60"},
+                   "click": "#contenu button[type=submit]:not([formaction])"}),
+        ],
+    );
+    assert_accessible(&report);
+    let sent = step(&report, "audioconf-email-sent");
+    assert!(
+        sent["text"].as_str().unwrap_or_default().contains(email),
+        "{sent}"
+    );
+
+    // The link from the mail → the confirmation page → one button → the number and PIN.
+    let link = link_in(&parse(&smtp.wait_for(1)[0]), "/audioconf/confirmer/");
+    let report = journey(
+        &base,
+        vec![
+            json!({"name": "audioconf-confirm", "path": link}),
+            json!({"name": "audioconf-details", "click": "#contenu button[type=submit]"}),
+        ],
+    );
+    assert_accessible(&report);
+    let details = step(&report, "audioconf-details");
+    let text = details["text"].as_str().unwrap_or_default();
+    assert!(text.contains("01 89 00 00 00"), "{text}");
+    let pin = shown_pin(text).unwrap_or_else(|| panic!("a PIN on the page: {text}"));
+
+    // The details mail has the same PIN; its cancellation link ends the line.
+    let details_mail = parse(&smtp.wait_for(2)[1]);
+    assert!(details_mail["text"]
+        .as_str()
+        .unwrap_or_default()
+        .contains(&format!("{} {} {}", &pin[..3], &pin[3..6], &pin[6..])));
+    let cancel = link_in(&details_mail, "/audioconf/annuler/");
+    let report = journey(
+        &base,
+        vec![
+            json!({"name": "audioconf-cancel", "path": cancel}),
+            json!({"name": "audioconf-cancelled", "click": "#contenu button[type=submit]"}),
+        ],
+    );
+    assert_accessible(&report);
+    assert_eq!(step(&report, "audioconf-cancelled")["status"], 200);
+
+    // With Tchap: log in, press the button, approve on the consent page, the line is shown.
+    let (_, user_id) = new_user("navig", "Navig-pass-42", Some("Léa Petit [DINUM]")).await;
+    set_email(&user_id, "lea.petit@numerique.gouv.fr").await;
+    let report = journey(
+        &base,
+        vec![
+            json!({"name": "login", "path": "/connexion"}),
+            json!({"name": "login-done", "fill": {"#identifier": user_id, "#password": "Navig-pass-42"},
+                   "click": "#contenu button[type=submit]"}),
+            json!({"name": "audioconf-form-logged-in", "path": "/audioconf"}),
+            json!({"name": "audioconf-tchap-consent", "click": "#contenu button[formaction]"}),
+            json!({"name": "audioconf-tchap-details", "click": "button[value=approve]"}),
+        ],
+    );
+    assert_accessible(&report);
+    let consent = step(&report, "audioconf-tchap-consent");
+    assert!(consent["text"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("lea.petit@numerique.gouv.fr"));
+    let details = step(&report, "audioconf-tchap-details");
+    assert_eq!(details["status"], 200, "{details}");
+    let text = details["text"].as_str().unwrap_or_default();
+    assert!(shown_pin(text).is_some(), "a PIN on the page: {text}");
+    assert!(text.contains("lea.petit@numerique.gouv.fr"));
 }
