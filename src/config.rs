@@ -133,6 +133,8 @@ pub struct MailSettings {
     pub poll_secs: u64,
     /// A mail still not sent this long after it was queued is marked failed.
     pub max_age_hours: i64,
+    /// Hours a sent mail stays in the outbox (its body holds links and PINs), then it is deleted.
+    pub keep_sent_hours: i64,
     /// First retry delay; doubles at each attempt, capped at one hour.
     pub retry_base_secs: i64,
     pub worker: bool,
@@ -201,6 +203,7 @@ impl Default for Settings {
                 file_dir: ".run/mail-files".into(),
                 poll_secs: 5,
                 max_age_hours: 48,
+                keep_sent_hours: 24,
                 retry_base_secs: 30,
                 worker: true,
             },
@@ -389,6 +392,9 @@ impl Config {
         }
         if mail.from.parse::<lettre::message::Mailbox>().is_err() {
             return Err(bad("mail.from", "is not a valid mailbox"));
+        }
+        if mail.keep_sent_hours < 1 {
+            return Err(bad("mail.keep_sent_hours", "must be at least 1"));
         }
         if settings.db.pool_size == 0 {
             return Err(bad("db.pool_size", "must be at least 1"));

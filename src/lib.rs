@@ -41,7 +41,10 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
     let keys = Keys::new(&config.secret_key);
     // Rocket's private cookies (the OpenID client's state) use a key derived from the portal's
     // secret, so there is one secret to configure; an explicit ROCKET_SECRET_KEY still wins.
-    let figment = if figment.find_value("secret_key").is_err() {
+    let explicit = figment
+        .extract::<rocket::Config>()
+        .is_ok_and(|c| !c.secret_key.is_zero());
+    let figment = if !explicit {
         let derived = keys.derive("rocket-private-cookies");
         figment.merge((
             "secret_key",

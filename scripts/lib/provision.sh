@@ -198,6 +198,31 @@ register_matrix_user() {
     "http://127.0.0.1:$SYNAPSE_PORT" 2>&1) || echo "$out" | grep -qi 'taken\|in use' || die "could not create Matrix user $1: $out"
 }
 
+# set_matrix_email USER EMAIL: gives a local Synapse user a verified email address (as a Tchap
+# administrator does), through Synapse's admin API with a setup administrator. Idempotent.
+set_matrix_email() {
+  local setup=portal.setup pw
+  pw=$(printf '%s' "$SYNAPSE_SHARED_SECRET" | sha256sum | cut -c1-32)
+  register_matrix_user "$setup" "$pw" --admin
+  "$VENV/bin/python" - "http://127.0.0.1:$SYNAPSE_PORT" "$setup" "$pw" "$1" "$2" <<'PY' || die "could not set the email of $1"
+import json, sys, urllib.request
+hs, setup, pw, user, email = sys.argv[1:]
+def call(method, path, body, token=None):
+    req = urllib.request.Request(hs + path, data=json.dumps(body).encode(), method=method,
+                                 headers={"Content-Type": "application/json"})
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+login = call("POST", "/_matrix/client/v3/login",
+             {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": setup}, "password": pw})
+server = login["user_id"].split(":", 1)[1]
+call("PUT", f"/_synapse/admin/v2/users/@{user}:{server}",
+     {"threepids": [{"medium": "email", "address": email}]}, login["access_token"])
+call("POST", "/_matrix/client/v3/logout", {}, login["access_token"])
+PY
+}
+
 # An SMTP server (aiosmtpd) on SMTP_PORT that keeps every mail in a Maildir a person can read.
 start_smtp() {
   ensure_venv

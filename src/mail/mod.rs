@@ -259,6 +259,18 @@ pub async fn outbox_counts(db: &Db) -> Result<Vec<(String, i64)>, crate::db::DbE
 }
 
 /// Registers the mailer and starts the worker once the portal is listening.
+/// Deletes the mails sent before `before` (their bodies hold magic links and PINs); failed and
+/// pending ones stay for the operators. Returns how many went.
+pub async fn purge_sent(conn: &mut AsyncPgConnection, before: DateTime<Utc>) -> QueryResult<usize> {
+    diesel::delete(
+        outbox::table
+            .filter(outbox::status.eq("sent"))
+            .filter(outbox::sent_at.lt(before)),
+    )
+    .execute(conn)
+    .await
+}
+
 pub fn stage(config: &Config) -> AdHoc {
     let config = config.clone();
     AdHoc::try_on_ignite("Mail", |rocket| async move {
@@ -282,6 +294,19 @@ pub fn stage(config: &Config) -> AdHoc {
         if !settings.worker {
             return Ok(rocket);
         }
+        let keep = chrono::Duration::hours(settings.keep_sent_hours);
+        let rocket = rocket.attach(crate::jobs::every(
+            "Outbox purge",
+            std::time::Duration::from_secs(3600),
+            crate::jobs::First::Now,
+            move |mut conn| async move {
+                match purge_sent(&mut conn, Utc::now() - keep).await {
+                    Ok(n) if n > 0 => tracing::info!(mails = n, "sent mails purged"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "outbox purge failed"),
+                }
+            },
+        ));
         Ok(
             rocket.attach(AdHoc::on_liftoff("Mail worker", move |rocket| {
                 Box::pin(async move {

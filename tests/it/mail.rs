@@ -172,3 +172,44 @@ async fn the_worker_started_with_the_portal_delivers_on_its_own() {
     let mails = smtp.wait_for(1);
     assert_eq!(mails.len(), 1, "the background worker sent the mail");
 }
+
+#[rocket::async_test]
+async fn sent_mails_leave_the_outbox_after_the_keeping_time_and_others_stay() {
+    let db = crate::common::TestDb::new().await;
+    let mut conn = db.conn().await;
+    let now = Utc::now();
+    for (id, status, sent_at) in [
+        ("old-sent", "sent", Some(now - Duration::hours(30))),
+        ("new-sent", "sent", Some(now - Duration::hours(2))),
+        ("pending", "pending", None),
+        ("failed", "failed", None),
+    ] {
+        diesel::insert_into(outbox::table)
+            .values((
+                outbox::message_id.eq(id),
+                outbox::kind.eq("test"),
+                outbox::sender.eq("a@portail.localhost"),
+                outbox::recipients.eq(vec![Some("b@agent.gouv.fr".to_owned())]),
+                outbox::raw.eq(b"PIN 123 456 789".to_vec()),
+                outbox::status.eq(status),
+                outbox::attempts.eq(0),
+                outbox::next_attempt_at.eq(now - Duration::days(3)),
+                outbox::created_at.eq(now - Duration::days(3)),
+                outbox::sent_at.eq(sent_at),
+            ))
+            .execute(&mut conn)
+            .await
+            .expect("insert");
+    }
+    let purged = tchap_portal::mail::purge_sent(&mut conn, now - Duration::hours(24))
+        .await
+        .expect("purge");
+    assert_eq!(purged, 1);
+    let mut left: Vec<String> = outbox::table
+        .select(outbox::message_id)
+        .load(&mut conn)
+        .await
+        .expect("rows");
+    left.sort();
+    assert_eq!(left, ["failed", "new-sent", "pending"]);
+}
