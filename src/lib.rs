@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod audioconf;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod crypto;
@@ -81,6 +82,7 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
         .attach(accounts::stage(&config))
         .attach(oidc::stage(&config))
         .attach(audioconf::stage(&config))
+        .attach(chat::stage(&config))
         .attach(mail::stage(&config))
         .manage(config))
 }

@@ -79,24 +79,25 @@ async fn with_service_csp(db: &Db, next: &str, mut page: Page) -> Page {
 }
 
 /// `force=1`: log in again although a session exists (OpenID `prompt=login`, `max_age`).
-#[get("/connexion?<next>&<login_hint>&<force>")]
+/// `fin=1`: the Tchap session was ended elsewhere (its token revoked); the page says so.
+#[get("/connexion?<next>&<login_hint>&<force>&<fin>")]
 pub async fn login_page(
     ctx: Ctx,
     next: Option<&str>,
     login_hint: Option<&str>,
     force: Option<&str>,
+    fin: Option<&str>,
     db: &State<Db>,
 ) -> Either<Page, Redirect> {
     let next = local_path(next);
     if ctx.user.is_some() && force.is_none() {
         return Either::Right(Redirect::to(next));
     }
-    let page = Page::ok(render(
-        &ctx,
-        login_hint.unwrap_or(""),
-        &next,
-        &FieldErrors::default(),
-    ));
+    let mut notice = FieldErrors::default();
+    if fin.is_some() {
+        notice.form(ctx.lang.t("login.session_ended"));
+    }
+    let page = Page::ok(render(&ctx, login_hint.unwrap_or(""), &next, &notice));
     Either::Left(with_service_csp(db, &next, page).await)
 }
 

@@ -47,6 +47,35 @@ diesel::table! {
 }
 
 diesel::table! {
+    chat_rooms (session_id, room_id) {
+        session_id -> Int8,
+        room_id -> Text,
+        membership -> Text,
+        name -> Nullable<Text>,
+        kind -> Text,
+        join_rule -> Nullable<Text>,
+        access_rule -> Nullable<Text>,
+        is_direct -> Bool,
+        encrypted -> Bool,
+        inviter -> Nullable<Text>,
+        heroes -> Array<Nullable<Text>>,
+        last_ts -> Nullable<Timestamptz>,
+        last_sender -> Nullable<Text>,
+        last_preview -> Nullable<Text>,
+        unread -> Int4,
+        highlight -> Int4,
+    }
+}
+
+diesel::table! {
+    chat_sync (session_id) {
+        session_id -> Int8,
+        next_batch -> Text,
+        synced_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     login_failures (id) {
         id -> Int8,
         key -> Text,
@@ -179,6 +208,8 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(chat_rooms -> sessions (session_id));
+diesel::joinable!(chat_sync -> sessions (session_id));
 diesel::joinable!(oidc_codes -> oidc_grants (grant_id));
 diesel::joinable!(oidc_tokens -> oidc_grants (grant_id));
 
@@ -186,6 +217,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     audioconf_conferences,
     audioconf_domains,
     audioconf_requests,
+    chat_rooms,
+    chat_sync,
     login_failures,
     oidc_clients,
     oidc_codes,

@@ -281,7 +281,17 @@ async fn audioconf_journeys_by_email_and_with_tchap_in_chromium_without_javascri
     let pin = shown_pin(text).unwrap_or_else(|| panic!("a PIN on the page: {text}"));
 
     // The details mail has the same PIN; its cancellation link ends the line.
-    let details_mail = parse(&smtp.wait_for(2)[1]);
+    let details_mail = smtp
+        .wait_for(2)
+        .iter()
+        .map(|m| parse(m))
+        .find(|m| {
+            m["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("/audioconf/annuler/")
+        })
+        .expect("the details mail");
     assert!(details_mail["text"]
         .as_str()
         .unwrap_or_default()

@@ -4,6 +4,7 @@
 mod admin;
 mod audioconf;
 mod browser;
+mod chat;
 mod common;
 mod login;
 mod mail;

@@ -132,3 +132,68 @@ pub async fn set_email(user_id: &str, email: &str) {
         .expect("user admin API");
     assert!(res.status().is_success(), "set email: {}", res.status());
 }
+
+/// A Matrix access token of `user_id` (a device of its own, not the portal's).
+pub async fn token_of(user_id: &str, password: &str) -> String {
+    let res: Value = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/login", homeserver()))
+        .json(&json!({"type": "m.login.password",
+                      "identifier": {"type": "m.id.user", "user": user_id}, "password": password}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    res["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("login: {res}"))
+        .to_owned()
+}
+
+/// A client-server API call as `token`; returns the JSON answer (panics on an error status).
+pub async fn call(method: &str, token: &str, path: &str, body: Value) -> Value {
+    let url = format!("{}/_matrix/client/v3{path}", homeserver());
+    let http = reqwest::Client::new();
+    let req = match method {
+        "PUT" => http.put(url),
+        "GET" => http.get(url),
+        _ => http.post(url),
+    };
+    let res = req
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("homeserver");
+    let status = res.status();
+    let v: Value = res.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{method} {path}: {status} {v}");
+    v
+}
+
+/// Creates a room as `token` (body as for `/createRoom`); returns its ID.
+pub async fn create_room(token: &str, body: Value) -> String {
+    call("POST", token, "/createRoom", body).await["room_id"]
+        .as_str()
+        .expect("room_id")
+        .to_owned()
+}
+
+/// Sends `content` as an `m.room.message`; returns the event ID.
+pub async fn send(token: &str, room_id: &str, content: Value) -> String {
+    let txn = tchap_portal::crypto::random_token(8).expect("rand");
+    call(
+        "PUT",
+        token,
+        &format!(
+            "/rooms/{}/send/m.room.message/{txn}",
+            tchap_portal::accounts::matrix::percent_encode(room_id)
+        ),
+        content,
+    )
+    .await["event_id"]
+        .as_str()
+        .expect("event_id")
+        .to_owned()
+}

@@ -60,18 +60,21 @@ impl SmtpServer {
     }
 
     /// Every mail received so far, raw.
+    /// The mails received, oldest first.
     pub fn messages(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut found = Vec::new();
         for sub in ["new", "cur"] {
             if let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) {
                 for e in entries.flatten() {
+                    let modified = e.metadata().and_then(|m| m.modified()).ok();
                     if let Ok(s) = std::fs::read_to_string(e.path()) {
-                        out.push(s);
+                        found.push((modified, e.file_name(), s));
                     }
                 }
             }
         }
-        out
+        found.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        found.into_iter().map(|(_, _, s)| s).collect()
     }
 
     /// Waits for `n` mails (the worker sends in the background).

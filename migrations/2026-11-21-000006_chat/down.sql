@@ -1,0 +1,2 @@
+DROP TABLE chat_rooms;
+DROP TABLE chat_sync;

@@ -1,0 +1,147 @@
+//! The homeserver, spoken to with `ruma`'s typed client-server API requests over the portal's
+//! HTTP client (a timeout on every call). Errors are sorted into what a page can say.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ruma::api::auth_scheme::{AccessToken, SendAccessToken};
+use ruma::api::error::{Error as ApiError, ErrorKind, FromHttpResponseError};
+use ruma::api::path_builder::VersionHistory;
+use ruma::api::{IncomingResponse, MatrixVersion, OutgoingRequest, SupportedVersions};
+
+/// Why a homeserver call failed, as the pages tell it.
+#[derive(Debug, thiserror::Error)]
+pub enum HsError {
+    /// Unreachable, too slow, or answering 5xx: "try again".
+    #[error("homeserver unavailable: {0}")]
+    Unavailable(String),
+    /// The access token was revoked elsewhere: back to the login page.
+    #[error("access token refused")]
+    TokenRevoked,
+    /// The user may not do this (not a member, banned, not allowed).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Any other refusal, with the homeserver's words.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// A client for one homeserver URL per call (each session knows its own homeserver).
+#[derive(Clone)]
+pub struct Hs {
+    http: reqwest::Client,
+    calls: Arc<AtomicU64>,
+}
+
+fn versions() -> SupportedVersions {
+    SupportedVersions {
+        versions: BTreeSet::from([MatrixVersion::V1_11]),
+        features: BTreeSet::new(),
+    }
+}
+
+impl Hs {
+    pub fn new(timeout: Duration) -> Result<Hs, String> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Hs {
+            http,
+            calls: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Calls made so far (tests count them; the metrics may show them).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Sends an authenticated client-server request and reads its typed answer.
+    pub async fn send<R>(
+        &self,
+        homeserver: &str,
+        token: &str,
+        request: R,
+    ) -> Result<R::IncomingResponse, HsError>
+    where
+        R: OutgoingRequest<Authentication = AccessToken, PathBuilder = VersionHistory>,
+        R::IncomingResponse: IncomingResponse<EndpointError = ApiError>,
+    {
+        let req = request
+            .try_into_http_request::<Vec<u8>>(
+                homeserver,
+                SendAccessToken::IfRequired(token),
+                Cow::Owned(versions()),
+            )
+            .map_err(|e| HsError::Refused(e.to_string()))?;
+        self.execute::<R::IncomingResponse>(req).await
+    }
+
+    async fn execute<Resp>(&self, req: http::Request<Vec<u8>>) -> Result<Resp, HsError>
+    where
+        Resp: IncomingResponse<EndpointError = ApiError>,
+    {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let (parts, body) = req.into_parts();
+        let url = parts.uri.to_string();
+        let mut builder = self
+            .http
+            .request(parts.method, &url)
+            .headers(parts.headers)
+            .body(body);
+        if let Some(t) = parts.extensions.get::<Duration>() {
+            builder = builder.timeout(*t);
+        }
+        let res = builder
+            .send()
+            .await
+            .map_err(|e| HsError::Unavailable(e.to_string()))?;
+        let status = res.status();
+        if status.is_server_error() {
+            return Err(HsError::Unavailable(format!("status {status}")));
+        }
+        let headers = res.headers().clone();
+        let bytes = res
+            .bytes()
+            .await
+            .map_err(|e| HsError::Unavailable(e.to_string()))?;
+        let mut response = http::Response::builder().status(status.as_u16());
+        if let Some(h) = response.headers_mut() {
+            *h = headers;
+        }
+        let response = response
+            .body(bytes.to_vec())
+            .map_err(|e| HsError::Unavailable(e.to_string()))?;
+        Resp::try_from_http_response(response).map_err(classify)
+    }
+}
+
+fn classify(e: FromHttpResponseError<ApiError>) -> HsError {
+    match e {
+        FromHttpResponseError::Server(err) => {
+            let status = err.status_code.as_u16();
+            let message = err.to_string();
+            match err.error_kind() {
+                Some(ErrorKind::UnknownToken(_)) | Some(ErrorKind::MissingToken) => {
+                    HsError::TokenRevoked
+                }
+                Some(ErrorKind::Forbidden) => HsError::Forbidden(message),
+                Some(ErrorKind::NotFound) => HsError::NotFound(message),
+                _ if status == 401 => HsError::TokenRevoked,
+                _ if status == 403 => HsError::Forbidden(message),
+                _ if status == 404 => HsError::NotFound(message),
+                _ => HsError::Refused(message),
+            }
+        }
+        FromHttpResponseError::Deserialization(e) => HsError::Unavailable(e.to_string()),
+        e => HsError::Unavailable(e.to_string()),
+    }
+}

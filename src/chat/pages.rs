@@ -1,0 +1,305 @@
+//! Tchap Web léger's pages: the room list (invitations first, then rooms by last activity) and the
+//! answers to invitations. Plain HTML forms; the homeserver's troubles become pages, never a 500.
+
+use chrono::Utc;
+use rocket::form::{Form, FromForm};
+use rocket::http::{CookieJar, Status};
+use rocket::response::Redirect;
+use rocket::{get, post, Either, State};
+use ruma::api::client::membership::{join_room_by_id, leave_room};
+use ruma::OwnedRoomId;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::accounts::session::{self, CurrentUser};
+use crate::config::Config;
+use crate::crypto::Keys;
+use crate::db::Db;
+use crate::web::errors::AppError;
+use crate::web::form::Page;
+use crate::web::page::Ctx;
+
+use super::hs::{Hs, HsError};
+use super::sync::{self, RoomRow, SyncError};
+
+/// Rooms per page of the list.
+pub const PER_PAGE: i64 = 50;
+
+/// Where a page goes when the homeserver cannot answer as hoped.
+pub enum Trouble {
+    /// The token was revoked elsewhere: the portal session ends, back to the login page.
+    SessionEnded,
+    /// Down or slow: a page that says so, with a way to retry.
+    Unavailable,
+    NotFound,
+    Forbidden(String),
+    App(AppError),
+}
+
+impl From<HsError> for Trouble {
+    fn from(e: HsError) -> Self {
+        match e {
+            HsError::TokenRevoked => Trouble::SessionEnded,
+            HsError::Unavailable(why) => {
+                tracing::warn!(%why, "homeserver unavailable");
+                Trouble::Unavailable
+            }
+            HsError::NotFound(_) => Trouble::NotFound,
+            HsError::Forbidden(why) | HsError::Refused(why) => Trouble::Forbidden(why),
+        }
+    }
+}
+
+impl From<SyncError> for Trouble {
+    fn from(e: SyncError) -> Self {
+        match e {
+            SyncError::Hs(e) => e.into(),
+            SyncError::Db(e) => Trouble::App(AppError::Query(e)),
+        }
+    }
+}
+
+impl From<AppError> for Trouble {
+    fn from(e: AppError) -> Self {
+        Trouble::App(e)
+    }
+}
+
+impl From<crate::db::DbError> for Trouble {
+    fn from(e: crate::db::DbError) -> Self {
+        Trouble::App(e.into())
+    }
+}
+
+impl From<diesel::result::Error> for Trouble {
+    fn from(e: diesel::result::Error) -> Self {
+        Trouble::App(e.into())
+    }
+}
+
+/// Turns a trouble into the page or redirect the agent gets.
+pub async fn answer(
+    trouble: Trouble,
+    ctx: &Ctx,
+    user: &CurrentUser,
+    db: &Db,
+    cookies: &CookieJar<'_>,
+    config: &Config,
+    back: &str,
+) -> Result<Either<Page, Redirect>, AppError> {
+    match trouble {
+        Trouble::SessionEnded => {
+            let mut conn = db.get().await?;
+            session::delete(&mut conn, user.id).await?;
+            session::clear_cookie(cookies, config.release);
+            tracing::info!(user = %user.matrix_user_id, "Tchap token revoked elsewhere: session ended");
+            Ok(Either::Right(Redirect::to(format!(
+                "/connexion?next={}&fin=1",
+                crate::accounts::matrix::percent_encode(back)
+            ))))
+        }
+        Trouble::Unavailable => Ok(Either::Left(Page {
+            status: Status::ServiceUnavailable,
+            retry_after: Some(10),
+            ..Page::ok(ctx.render("chat/unavailable", json!({ "retry": back })))
+        })),
+        Trouble::NotFound => Err(AppError::NotFound),
+        Trouble::Forbidden(why) => {
+            tracing::info!(%why, "homeserver refused");
+            Err(AppError::Forbidden)
+        }
+        Trouble::App(e) => Err(e),
+    }
+}
+
+/// A room as the list shows it.
+#[derive(Serialize)]
+struct RoomView {
+    room_id: String,
+    /// The room ID as a path segment.
+    path: String,
+    name: String,
+    kind: String,
+    encrypted: bool,
+    invite: bool,
+    inviter: Option<String>,
+    unread: i32,
+    highlight: i32,
+    preview: Option<String>,
+    preview_encrypted: bool,
+    sender: Option<String>,
+    when: Option<String>,
+}
+
+/// The localpart of a Matrix ID ("@alice:example" → "alice").
+fn localpart(user_id: &str) -> &str {
+    user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or(user_id)
+}
+
+/// A room's name: its name (or alias), the people in it, or its ID.
+pub fn display_name(row: &RoomRow, ctx: &Ctx) -> String {
+    if let Some(n) = row.name.as_deref().filter(|n| !n.trim().is_empty()) {
+        return n.to_owned();
+    }
+    let heroes: Vec<&str> = row.heroes.iter().flatten().map(|h| localpart(h)).collect();
+    if !heroes.is_empty() {
+        return ctx
+            .lang
+            .tf("chat.rooms.with", &[("people", &heroes.join(", "))]);
+    }
+    if let Some(inviter) = &row.inviter {
+        return ctx
+            .lang
+            .tf("chat.rooms.with", &[("people", localpart(inviter))]);
+    }
+    row.room_id.clone()
+}
+
+fn when(t: chrono::DateTime<Utc>, ctx: &Ctx) -> String {
+    let today = crate::audioconf::format::paris_date(Utc::now());
+    let day = crate::audioconf::format::paris_date(t);
+    let time = crate::audioconf::format::time(t);
+    if day == today {
+        time
+    } else {
+        format!("{} {time}", crate::audioconf::format::day(day, ctx.lang))
+    }
+}
+
+fn view(row: &RoomRow, ctx: &Ctx) -> RoomView {
+    RoomView {
+        room_id: row.room_id.clone(),
+        path: crate::accounts::matrix::percent_encode(&row.room_id),
+        name: display_name(row, ctx),
+        kind: row.kind.clone(),
+        encrypted: row.encrypted,
+        invite: row.membership == "invite",
+        inviter: row.inviter.clone(),
+        unread: row.unread,
+        highlight: row.highlight,
+        preview_encrypted: row.last_preview.as_deref() == Some(""),
+        preview: row.last_preview.clone().filter(|p| !p.is_empty()),
+        sender: row.last_sender.as_deref().map(|s| localpart(s).to_owned()),
+        when: row.last_ts.map(|t| when(t, ctx)),
+    }
+}
+
+async fn rooms_page(
+    ctx: &Ctx,
+    user: &CurrentUser,
+    page: i64,
+    db: &Db,
+    keys: &Keys,
+    hs: &Hs,
+) -> Result<Page, Trouble> {
+    let token = user.access_token(keys)?;
+    let mut conn = db.get().await?;
+    sync::refresh(
+        &mut conn,
+        hs,
+        user.id,
+        &user.matrix_user_id,
+        &user.homeserver_url,
+        &token,
+    )
+    .await?;
+    let page = page.max(1);
+    let (rows, total) = sync::list(&mut conn, user.id, (page - 1) * PER_PAGE, PER_PAGE).await?;
+    let pages = ((total + PER_PAGE - 1) / PER_PAGE).max(1);
+    let (invites, joined): (Vec<_>, Vec<_>) =
+        rows.iter().map(|r| view(r, ctx)).partition(|v| v.invite);
+    Ok(Page::ok(ctx.render(
+        "chat/rooms",
+        json!({
+            "invites": invites,
+            "rooms": joined,
+            "total": total,
+            "page": page,
+            "pages": pages,
+            "previous": (page > 1).then(|| page - 1),
+            "next": (page < pages).then(|| page + 1),
+        }),
+    )))
+}
+
+#[allow(clippy::too_many_arguments)]
+#[get("/discussions?<page>")]
+pub async fn rooms(
+    ctx: Ctx,
+    page: Option<i64>,
+    db: &State<Db>,
+    keys: &State<Keys>,
+    hs: &State<Hs>,
+    cookies: &CookieJar<'_>,
+    config: &State<Config>,
+) -> Result<Either<Page, Redirect>, AppError> {
+    let Some(user) = ctx.user.clone() else {
+        return Ok(Either::Right(Redirect::to(
+            "/connexion?next=%2Fdiscussions",
+        )));
+    };
+    match rooms_page(&ctx, &user, page.unwrap_or(1), db, keys, hs).await {
+        Ok(p) => Ok(Either::Left(p)),
+        Err(t) => answer(t, &ctx, &user, db, cookies, config, "/discussions").await,
+    }
+}
+
+#[derive(Debug, FromForm)]
+pub struct InvitationForm {
+    #[field(default = String::new())]
+    pub room_id: String,
+    #[field(default = String::new())]
+    pub decision: String,
+}
+
+/// Accepts (joins) or declines (leaves) an invitation.
+#[post("/discussions/invitation", data = "<form>")]
+pub async fn invitation(
+    ctx: Ctx,
+    form: Form<InvitationForm>,
+    db: &State<Db>,
+    keys: &State<Keys>,
+    hs: &State<Hs>,
+    cookies: &CookieJar<'_>,
+    config: &State<Config>,
+) -> Result<Either<Page, Redirect>, AppError> {
+    let Some(user) = ctx.user.clone() else {
+        return Ok(Either::Right(Redirect::to(
+            "/connexion?next=%2Fdiscussions",
+        )));
+    };
+    let Ok(room_id) = OwnedRoomId::try_from(form.room_id.as_str()) else {
+        return Err(AppError::NotFound);
+    };
+    let token = user.access_token(keys)?;
+    let done = match form.decision.as_str() {
+        "accept" => hs
+            .send(
+                &user.homeserver_url,
+                &token,
+                join_room_by_id::v3::Request::new(room_id.clone()),
+            )
+            .await
+            .map(|_| ()),
+        "decline" => hs
+            .send(
+                &user.homeserver_url,
+                &token,
+                leave_room::v3::Request::new(room_id.clone()),
+            )
+            .await
+            .map(|_| ()),
+        _ => return Err(AppError::NotFound),
+    };
+    match done {
+        Ok(()) => {
+            tracing::info!(room = %room_id, decision = %form.decision, "invitation answered");
+            Ok(Either::Right(Redirect::to("/discussions")))
+        }
+        Err(e) => answer(e.into(), &ctx, &user, db, cookies, config, "/discussions").await,
+    }
+}

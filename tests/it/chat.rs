@@ -1,0 +1,208 @@
+//! Tchap Web léger against the real Synapse: the room list, invitations, a revoked token, a
+//! homeserver that does not answer.
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use rocket::http::{ContentType, Status};
+use serde_json::json;
+use tchap_portal::chat::hs::Hs;
+use tchap_portal::db::schema::{chat_sync, sessions};
+
+use crate::common::matrix::{call, create_room, new_user, send, token_of};
+use crate::common::{csrf_token, log_in, title, unescape, TestApp};
+
+const PASSWORD: &str = "Salon-pass-42";
+
+async fn get(app: &TestApp, path: &str) -> (Status, Option<String>, String) {
+    let res = app.client.get(path.to_owned()).dispatch().await;
+    let location = res.headers().get_one("Location").map(str::to_owned);
+    (
+        res.status(),
+        location,
+        unescape(&res.into_string().await.unwrap_or_default()),
+    )
+}
+
+fn calls(app: &TestApp) -> u64 {
+    app.client.rocket().state::<Hs>().expect("hs").calls()
+}
+
+async fn answer_invitation(app: &TestApp, page: &str, room_id: &str, decision: &str) {
+    let res = app
+        .client
+        .post("/discussions/invitation")
+        .header(ContentType::Form)
+        .body(format!(
+            "csrf_token={}&room_id={}&decision={decision}",
+            csrf_token(page),
+            tchap_portal::accounts::matrix::percent_encode(room_id)
+        ))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::SeeOther);
+    assert_eq!(res.headers().get_one("Location"), Some("/discussions"));
+}
+
+#[rocket::async_test]
+async fn the_room_list_shows_invitations_first_then_rooms_by_activity_with_counts() {
+    let (_, alice) = new_user("alice", PASSWORD, Some("Alice Martin [DINUM]")).await;
+    let (_, bob) = new_user("bob", PASSWORD, Some("Bob Durand [DINUM]")).await;
+    let (ta, tb) = (
+        token_of(&alice, PASSWORD).await,
+        token_of(&bob, PASSWORD).await,
+    );
+    let forum = create_room(
+        &ta,
+        json!({"name": "Forum des agents", "preset": "public_chat"}),
+    )
+    .await;
+    let team = create_room(
+        &ta,
+        json!({"name": "Équipe projet", "preset": "private_chat", "invite": [bob]}),
+    )
+    .await;
+    call(
+        "POST",
+        &tb,
+        &format!("/join/{}", urlencode(&team)),
+        json!({}),
+    )
+    .await;
+    send(
+        &tb,
+        &team,
+        json!({"msgtype": "m.text", "body": "Premier message"}),
+    )
+    .await;
+    send(
+        &tb,
+        &team,
+        json!({"msgtype": "m.text", "body": "Alice, tu as vu ?", "m.mentions": {"user_ids": [alice]}}),
+    )
+    .await;
+    let invited = create_room(
+        &tb,
+        json!({"name": "Invitation de Bob", "preset": "private_chat", "invite": [alice]}),
+    )
+    .await;
+
+    let app = TestApp::new().await;
+    let (status, location, _) = get(&app, "/discussions").await;
+    assert_eq!(status, Status::SeeOther, "logged out: to the login page");
+    assert_eq!(location.as_deref(), Some("/connexion?next=%2Fdiscussions"));
+    log_in(&app.client, &alice, PASSWORD).await;
+
+    let (status, _, page) = get(&app, "/discussions").await;
+    assert_eq!(status, Status::Ok, "{page}");
+    assert_eq!(title(&page), "Discussions — Portail Tchap");
+    let at = |needle: &str| {
+        page.find(needle)
+            .unwrap_or_else(|| panic!("{needle} on the page"))
+    };
+    // Invitations first, with who invited; then the room with the latest activity.
+    assert!(at("Invitation de Bob") < at("Équipe projet"));
+    assert!(at("Équipe projet") < at("Forum des agents"));
+    assert!(page.contains(&format!("Invitation de {bob}")));
+    let team_item = &page[at("Équipe projet")..at("Forum des agents")];
+    assert!(team_item.contains("2 non lu(s)"), "{team_item}");
+    assert!(team_item.contains("1 mention(s)"), "{team_item}");
+    assert!(team_item.contains("Alice, tu as vu ?"), "{team_item}");
+    let forum_item = &page[at("Forum des agents")..];
+    assert!(forum_item.contains(">Forum<"), "{forum_item}");
+    assert!(team_item.contains(">Salon privé<"));
+    assert!(page.contains(&format!("/discussions/{}", urlencode(&forum))));
+
+    // The next page view asks the homeserver once, from where the last one stopped.
+    let mut conn = app.db.conn().await;
+    let first: String = chat_sync::table
+        .select(chat_sync::next_batch)
+        .first(&mut conn)
+        .await
+        .expect("sync position kept");
+    send(
+        &tb,
+        &team,
+        json!({"msgtype": "m.text", "body": "Troisième"}),
+    )
+    .await;
+    let before = calls(&app);
+    let (_, _, page) = get(&app, "/discussions").await;
+    assert_eq!(calls(&app) - before, 1, "one incremental sync per page");
+    let second: String = chat_sync::table
+        .select(chat_sync::next_batch)
+        .first(&mut conn)
+        .await
+        .expect("position");
+    assert_ne!(first, second);
+    assert!(page.contains("3 non lu(s)"));
+    assert!(
+        page.contains("Forum des agents"),
+        "rooms kept between syncs"
+    );
+
+    // Accepting an invitation joins the room; declining one makes it disappear.
+    answer_invitation(&app, &page, &invited, "accept").await;
+    let declined = create_room(
+        &tb,
+        json!({"name": "À refuser", "preset": "private_chat", "invite": [alice]}),
+    )
+    .await;
+    let (_, _, page) = get(&app, "/discussions").await;
+    assert!(page.contains("À refuser"), "a new invitation arrives");
+    assert!(page.contains(&format!("/discussions/{}", urlencode(&invited))));
+    answer_invitation(&app, &page, &declined, "decline").await;
+    let (_, _, page) = get(&app, "/discussions").await;
+    assert!(!page.contains("À refuser"));
+    assert!(!page.contains(">Invitations<"));
+}
+
+fn urlencode(s: &str) -> String {
+    tchap_portal::accounts::matrix::percent_encode(s)
+}
+
+#[rocket::async_test]
+async fn a_token_revoked_elsewhere_or_a_silent_homeserver_gets_a_clear_answer() {
+    let (_, carol) = new_user("carol", PASSWORD, None).await;
+    let app = TestApp::new().await;
+    log_in(&app.client, &carol, PASSWORD).await;
+    let (status, _, _) = get(&app, "/discussions").await;
+    assert_eq!(status, Status::Ok);
+
+    // The homeserver does not answer: 503, a retry link, never a 500.
+    let mut conn = app.db.conn().await;
+    let real: String = sessions::table
+        .select(sessions::homeserver_url)
+        .first(&mut conn)
+        .await
+        .expect("session");
+    diesel::update(sessions::table)
+        .set(sessions::homeserver_url.eq("http://127.0.0.1:9"))
+        .execute(&mut conn)
+        .await
+        .expect("point elsewhere");
+    let (status, _, page) = get(&app, "/discussions").await;
+    assert_eq!(status, Status::ServiceUnavailable);
+    assert_eq!(title(&page), "Tchap ne répond pas — Portail Tchap");
+    assert!(page.contains("href=\"/discussions\""));
+    diesel::update(sessions::table)
+        .set(sessions::homeserver_url.eq(&real))
+        .execute(&mut conn)
+        .await
+        .expect("back");
+
+    // Logged out of every device from another app: back to the login page, which says why.
+    let other = token_of(&carol, PASSWORD).await;
+    call("POST", &other, "/logout/all", json!({})).await;
+    let (status, location, _) = get(&app, "/discussions").await;
+    assert_eq!(status, Status::SeeOther);
+    let location = location.expect("to login");
+    assert_eq!(location, "/connexion?next=%2Fdiscussions&fin=1");
+    let (_, _, page) = get(&app, &location).await;
+    assert!(page.contains("Votre session Tchap a été fermée"));
+    let left: i64 = sessions::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "the portal session ended too");
+}
