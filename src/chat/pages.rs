@@ -116,8 +116,6 @@ pub async fn answer(
 #[derive(Serialize)]
 struct RoomView {
     room_id: String,
-    /// The room ID as a path segment.
-    path: String,
     name: String,
     kind: String,
     encrypted: bool,
@@ -173,7 +171,6 @@ fn when(t: chrono::DateTime<Utc>, ctx: &Ctx) -> String {
 fn view(row: &RoomRow, ctx: &Ctx) -> RoomView {
     RoomView {
         room_id: row.room_id.clone(),
-        path: crate::accounts::matrix::percent_encode(&row.room_id),
         name: display_name(row, ctx),
         kind: row.kind.clone(),
         encrypted: row.encrypted,

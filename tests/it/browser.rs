@@ -316,6 +316,7 @@ async fn audioconf_journeys_by_email_and_with_tchap_in_chromium_without_javascri
             json!({"name": "login", "path": "/connexion"}),
             json!({"name": "login-done", "fill": {"#identifier": user_id, "#password": "Navig-pass-42"},
                    "click": "#contenu button[type=submit]"}),
+            json!({"name": "chat-rooms", "path": "/discussions"}),
             json!({"name": "audioconf-form-logged-in", "path": "/audioconf"}),
             json!({"name": "audioconf-tchap-consent", "click": "#contenu button[formaction]"}),
             json!({"name": "audioconf-tchap-details", "click": "button[value=approve]"}),

@@ -411,7 +411,7 @@ async fn every_template_renders_with_sample_data() {
             json!({"invites": [{"room_id": "!a:x", "name": "Invitation", "kind": "private", "encrypted": false, "invite": true,
                                 "inviter": "@bob:x", "unread": 0, "highlight": 0, "preview": null, "preview_encrypted": false,
                                 "sender": null, "when": null}],
-                   "rooms": [{"room_id": "!b:x", "path": "%21b%3Ax", "name": "Équipe", "kind": "forum", "encrypted": true, "invite": false,
+                   "rooms": [{"room_id": "!b:x", "name": "Équipe", "kind": "forum", "encrypted": true, "invite": false,
                               "inviter": null, "unread": 2, "highlight": 1, "preview": "Bonjour", "preview_encrypted": false,
                               "sender": "bob", "when": "10:00"}],
                    "total": 120, "page": 2, "pages": 3, "previous": 1, "next": 3}),
