@@ -28,15 +28,11 @@ use crate::jobs::{self, First};
 
 /// "Se connecter avec Tchap": `rocket_oauth2` over the issuer's discovered endpoints, and outside
 /// release the portal's own provider gets the client registered.
-async fn with_tchap(
-    rocket: Rocket<Build>,
-    issuer: Arc<tchap::Issuer>,
-    own_dev_client: bool,
-) -> Rocket<Build> {
-    if own_dev_client {
-        let registered = match (rocket.state::<Db>(), rocket.state::<Config>()) {
-            (Some(db), Some(config)) => tchap::register_dev_client(db, config, &issuer).await,
-            _ => Err("no database".into()),
+async fn with_tchap(rocket: Rocket<Build>, issuer: Arc<tchap::Issuer>) -> Rocket<Build> {
+    if issuer.dev_client {
+        let registered = match rocket.state::<Db>() {
+            Some(db) => tchap::register_dev_client(db, &issuer).await,
+            None => Err("no database".into()),
         };
         if let Err(e) = registered {
             // Not fatal: the booking by email still works; the button's flow will say it failed.
@@ -65,10 +61,9 @@ const RETENTION_EVERY: Duration = Duration::from_secs(6 * 3600);
 pub fn stage(config: &Config) -> AdHoc {
     let settings = config.settings.audioconf.clone();
     let issuer = tchap::Issuer::from_config(config).map(Arc::new);
-    let own_dev_client = config.settings.audioconf.tchap.client_id.is_none();
     AdHoc::on_ignite("AudioConf", move |rocket| async move {
         let rocket = match issuer {
-            Some(issuer) => with_tchap(rocket, issuer, own_dev_client).await,
+            Some(issuer) => with_tchap(rocket, issuer).await,
             None => rocket,
         };
         rocket

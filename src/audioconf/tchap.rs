@@ -68,6 +68,9 @@ pub enum RpError {
     IdToken(&'static str),
     #[error("userinfo refused: {0}")]
     Userinfo(&'static str),
+    /// The account has no verified email to book with (the agent can use the email path).
+    #[error("no verified email")]
+    NoVerifiedEmail,
 }
 
 /// The endpoints read from the issuer's discovery document.
@@ -86,6 +89,8 @@ pub struct Issuer {
     pub client_id: String,
     client_secret: String,
     pub redirect_uri: String,
+    /// The portal registers this client at its own provider (development).
+    pub dev_client: bool,
     http: reqwest::Client,
     metadata: RwLock<Option<Arc<Metadata>>>,
     jwks: Mutex<Option<(Value, Instant)>>,
@@ -95,6 +100,7 @@ impl Issuer {
     /// The issuer from the settings; `None` when the button cannot be offered (no client in
     /// release, or when the issuer is another one).
     pub fn from_config(config: &Config) -> Option<Issuer> {
+        let dev = dev_client(config);
         let issuer = issuer_url(config);
         let (client_id, client_secret) = client_of(config)?;
         let http = reqwest::Client::builder()
@@ -106,6 +112,7 @@ impl Issuer {
             issuer,
             client_id,
             client_secret,
+            dev_client: dev,
             redirect_uri: format!("{}{CALLBACK}", config.public_url()),
             http,
             metadata: RwLock::new(None),
@@ -224,23 +231,31 @@ fn issuer_url(config: &Config) -> String {
         .to_owned()
 }
 
-/// The client to use at the issuer: the configured one, or outside release at this portal's own
-/// provider, one registered automatically. `None`: the button is not offered.
+/// Whether the portal registers its own client: no client configured, the issuer is this portal,
+/// and not in release.
+fn dev_client(config: &Config) -> bool {
+    config.settings.audioconf.tchap.client_id.is_none()
+        && issuer_url(config) == config.public_url()
+        && !config.release
+}
+
+/// Whether the booking form offers "Se connecter avec Tchap": a client is configured, or the
+/// portal registers its own.
+pub fn offered(config: &Config) -> bool {
+    config.settings.audioconf.tchap.client_id.is_some() || dev_client(config)
+}
+
+/// The client to use at the issuer; `None`: the button is not offered.
 fn client_of(config: &Config) -> Option<(String, String)> {
     let t = &config.settings.audioconf.tchap;
     match (&t.client_id, &t.client_secret) {
         (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
-        _ if issuer_url(config) == config.public_url() && !config.release => Some((
+        _ if dev_client(config) => Some((
             DEV_CLIENT_ID.to_owned(),
             dev_client_secret(&Keys::new(&config.secret_key)),
         )),
         _ => None,
     }
-}
-
-/// Whether the booking form offers "Se connecter avec Tchap".
-pub fn offered(config: &Config) -> bool {
-    client_of(config).is_some()
 }
 
 /// The issuer's origin when it is not this portal: the booking form's CSP must allow going there.
@@ -303,13 +318,13 @@ pub fn verified_email_of(claims: &Value, userinfo: &Value) -> Result<String, RpE
         return Err(RpError::Userinfo("sub"));
     }
     if userinfo["email_verified"] != json!(true) {
-        return Err(RpError::Userinfo("email not verified"));
+        return Err(RpError::NoVerifiedEmail);
     }
     userinfo["email"]
         .as_str()
         .filter(|e| !e.trim().is_empty())
         .map(|e| e.trim().to_owned())
-        .ok_or(RpError::Userinfo("no email"))
+        .ok_or(RpError::NoVerifiedEmail)
 }
 
 /// The development client's secret: derived from the portal's key, so stable across restarts.
@@ -317,8 +332,8 @@ pub fn dev_client_secret(keys: &Keys) -> String {
     crypto::b64url(&keys.derive("audioconf-dev-client-secret"))
 }
 
-/// Registers the development client at this portal's own provider.
-pub async fn register_dev_client(db: &Db, config: &Config, issuer: &Issuer) -> Result<(), String> {
+/// Registers the development client at this portal's own provider, with the issuer's secret.
+pub async fn register_dev_client(db: &Db, issuer: &Issuer) -> Result<(), String> {
     let mut conn = db.get().await.map_err(|e| e.to_string())?;
     let new = NewClient {
         name: "AudioConf (Portail Tchap)".into(),
@@ -329,11 +344,16 @@ pub async fn register_dev_client(db: &Db, config: &Config, issuer: &Issuer) -> R
         id_token_alg: "RS256".into(),
         userinfo_signed: false,
     };
-    let secret = dev_client_secret(&Keys::new(&config.secret_key));
-    clients::upsert_own(&mut conn, &issuer.client_id, &secret, &new, Utc::now())
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    clients::upsert_own(
+        &mut conn,
+        &issuer.client_id,
+        &issuer.client_secret,
+        &new,
+        Utc::now(),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }
 
 /// The issuer's endpoints for `rocket_oauth2`, read from the cached discovery document (the
@@ -616,9 +636,7 @@ pub async fn callback(
         Err(e) => {
             tracing::warn!(error = %e, "audioconf: Tchap answer refused");
             let key = match e {
-                RpError::Userinfo("email not verified") | RpError::Userinfo("no email") => {
-                    "audioconf.tchap.no_email"
-                }
+                RpError::NoVerifiedEmail => "audioconf.tchap.no_email",
                 _ => "audioconf.tchap.failed",
             };
             return Ok(back_to_form(

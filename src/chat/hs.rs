@@ -92,15 +92,11 @@ impl Hs {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let (parts, body) = req.into_parts();
         let url = parts.uri.to_string();
-        let mut builder = self
+        let res = self
             .http
             .request(parts.method, &url)
             .headers(parts.headers)
-            .body(body);
-        if let Some(t) = parts.extensions.get::<Duration>() {
-            builder = builder.timeout(*t);
-        }
-        let res = builder
+            .body(body)
             .send()
             .await
             .map_err(|e| HsError::Unavailable(e.to_string()))?;

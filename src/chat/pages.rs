@@ -223,10 +223,12 @@ async fn rooms_page(
     )))
 }
 
+/// Logged-out visitors get the login page and come back here (the 401 catcher does it).
 #[allow(clippy::too_many_arguments)]
 #[get("/discussions?<page>")]
 pub async fn rooms(
     ctx: Ctx,
+    user: CurrentUser,
     page: Option<i64>,
     db: &State<Db>,
     keys: &State<Keys>,
@@ -234,11 +236,6 @@ pub async fn rooms(
     cookies: &CookieJar<'_>,
     config: &State<Config>,
 ) -> Result<Either<Page, Redirect>, AppError> {
-    let Some(user) = ctx.user.clone() else {
-        return Ok(Either::Right(Redirect::to(
-            "/connexion?next=%2Fdiscussions",
-        )));
-    };
     match rooms_page(&ctx, &user, page.unwrap_or(1), db, keys, hs).await {
         Ok(p) => Ok(Either::Left(p)),
         Err(t) => answer(t, &ctx, &user, db, cookies, config, "/discussions").await,
@@ -254,9 +251,11 @@ pub struct InvitationForm {
 }
 
 /// Accepts (joins) or declines (leaves) an invitation.
+#[allow(clippy::too_many_arguments)]
 #[post("/discussions/invitation", data = "<form>")]
 pub async fn invitation(
     ctx: Ctx,
+    user: CurrentUser,
     form: Form<InvitationForm>,
     db: &State<Db>,
     keys: &State<Keys>,
@@ -264,11 +263,6 @@ pub async fn invitation(
     cookies: &CookieJar<'_>,
     config: &State<Config>,
 ) -> Result<Either<Page, Redirect>, AppError> {
-    let Some(user) = ctx.user.clone() else {
-        return Ok(Either::Right(Redirect::to(
-            "/connexion?next=%2Fdiscussions",
-        )));
-    };
     let Ok(room_id) = OwnedRoomId::try_from(form.room_id.as_str()) else {
         return Err(AppError::NotFound);
     };

@@ -250,28 +250,12 @@ async fn an_administrator_registers_a_service_sees_its_secret_once_renews_and_re
 }
 
 async fn post_form(app: &TestApp, path: &str, body: String) -> (Status, Option<String>, String) {
-    let res = app
-        .client
-        .post(path.to_owned())
-        .header(ContentType::Form)
-        .body(body)
-        .dispatch()
-        .await;
-    let status = res.status();
-    let location = res.headers().get_one("Location").map(str::to_owned);
-    (
-        status,
-        location,
-        unescape(&res.into_string().await.unwrap_or_default()),
-    )
+    crate::common::post_form(&app.client, path, body).await
 }
 
 async fn page(app: &TestApp, path: &str) -> (Status, String) {
-    let res = app.client.get(path.to_owned()).dispatch().await;
-    (
-        res.status(),
-        unescape(&res.into_string().await.unwrap_or_default()),
-    )
+    let (status, _, body) = crate::common::get(&app.client, path).await;
+    (status, body)
 }
 
 #[rocket::async_test]
@@ -369,6 +353,13 @@ async fn administrators_allow_and_remove_audioconf_domains_and_bookings_follow()
     assert_eq!(status, Status::SeeOther);
     let (_, list) = page(&app, &location.expect("back")).await;
     assert!(list.contains("Le domaine .ville-test.fr n’est plus autorisé."));
+    let (status, _, _) = post_form(
+        &app,
+        "/admin/audioconf/domaines/retirer",
+        format!("csrf_token={}&rule=.ville-test.fr", csrf_token(&list)),
+    )
+    .await;
+    assert_eq!(status, Status::NotFound, "removing it twice");
     assert!(!list.contains("<code>.ville-test.fr</code>"));
     let (_, form) = page(&app, "/audioconf").await;
     let (_, _, answer) = post_form(&app, "/audioconf", booking(&form)).await;

@@ -12,7 +12,7 @@ use tchap_portal::audioconf::booking::{self, BookError, NewConference, Period};
 use tchap_portal::db::schema::{audioconf_conferences, audioconf_requests, outbox};
 use tchap_portal::web::i18n::Lang;
 
-use crate::common::smtp::{parse, SmtpServer};
+use crate::common::smtp::{link_in, parse, SmtpServer};
 use crate::common::{csrf_token, figment, title, unescape, TestApp, TestDb};
 
 const NUMBER: &str = "+33189000000";
@@ -39,25 +39,13 @@ async fn app(smtp: &SmtpServer, tweak: impl FnOnce(Figment) -> Figment) -> TestA
 }
 
 async fn get(app: &TestApp, path: &str) -> (Status, String) {
-    let res = app.client.get(path.to_owned()).dispatch().await;
-    (
-        res.status(),
-        unescape(&res.into_string().await.unwrap_or_default()),
-    )
+    let (status, _, body) = crate::common::get(&app.client, path).await;
+    (status, body)
 }
 
 async fn post(app: &TestApp, path: &str, body: String) -> (Status, String) {
-    let res = app
-        .client
-        .post(path.to_owned())
-        .header(ContentType::Form)
-        .body(body)
-        .dispatch()
-        .await;
-    (
-        res.status(),
-        unescape(&res.into_string().await.unwrap_or_default()),
-    )
+    let (status, _, body) = crate::common::post_form(&app.client, path, body).await;
+    (status, body)
 }
 
 async fn request_link(app: &TestApp, email: &str, when: &str) -> (Status, String) {
@@ -72,16 +60,6 @@ async fn request_link(app: &TestApp, email: &str, when: &str) -> (Status, String
         ),
     )
     .await
-}
-
-fn link_in(mail: &Value, path: &str) -> String {
-    let text = mail["text"].as_str().expect("text");
-    let start = text.find(path).expect("a link in the mail");
-    let token = text[start + path.len()..]
-        .split_whitespace()
-        .next()
-        .expect("token");
-    format!("{path}{token}")
 }
 
 async fn ivr(
@@ -719,18 +697,7 @@ async fn tchap_app(smtp: &SmtpServer) -> (TestApp, String, Figment) {
         .merge(("portal.mail.smtp_port", smtp.port))
         .merge(("portal.mail.smtp_security", "none"))
         .merge(("portal.mail.poll_secs", 1));
-    let server = tchap_portal::build(fig.clone())
-        .expect("settings")
-        .ignite()
-        .await
-        .expect("ignite");
-    rocket::tokio::spawn(server.launch());
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        rocket::tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    crate::common::launch(fig.clone(), port).await;
     let browser = TestApp::with_figment(db, fig.clone().merge(("portal.mail.worker", true))).await;
     (browser, base, fig)
 }
@@ -1009,4 +976,60 @@ async fn statistics_show_thirty_days_as_a_chart_and_a_table_and_top_domains_to_a
     let (_, page) = get(&app, "/audioconf/statistiques").await;
     assert!(page.contains("Domaines les plus actifs"));
     assert!(page.contains("<td>agent.gouv.fr</td><td>2</td>"));
+}
+
+#[rocket::async_test]
+async fn an_unreachable_tchap_issuer_keeps_the_choice_and_says_so_and_no_client_means_no_button() {
+    let smtp = SmtpServer::start();
+    let app = app(&smtp, |f| {
+        f.merge(("portal.audioconf.tchap.issuer", "http://127.0.0.1:9"))
+            .merge(("portal.audioconf.tchap.client_id", "audioconf"))
+            .merge((
+                "portal.audioconf.tchap.client_secret",
+                "a-secret-from-the-provider",
+            ))
+    })
+    .await;
+    let res = app.client.get("/audioconf").dispatch().await;
+    let csp = res
+        .headers()
+        .get_one("Content-Security-Policy")
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        csp.contains("form-action 'self' http://127.0.0.1:9"),
+        "the form may go on to the issuer: {csp}"
+    );
+    let page = unescape(&res.into_string().await.expect("page"));
+    assert!(page.contains("formaction=\"/audioconf/tchap\""));
+    let (status, page) = post(
+        &app,
+        "/audioconf/tchap",
+        format!(
+            "csrf_token={}&when=duration&duration=120",
+            csrf_token(&page)
+        ),
+    )
+    .await;
+    assert_eq!(status, Status::ServiceUnavailable);
+    assert!(page.contains("La connexion avec Tchap est indisponible"));
+    assert!(
+        page.contains("value=\"120\" selected"),
+        "the choice is kept"
+    );
+
+    // Another issuer and no client registered there: the button is not offered.
+    let app = app_without_client(&smtp).await;
+    let (_, page) = get(&app, "/audioconf").await;
+    assert!(!page.contains("formaction"));
+}
+
+async fn app_without_client(smtp: &SmtpServer) -> TestApp {
+    app(smtp, |f| {
+        f.merge((
+            "portal.audioconf.tchap.issuer",
+            "https://id.example.gouv.fr",
+        ))
+    })
+    .await
 }

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::common::{env, figment, free_port, TestDb};
+use crate::common::{env, figment, free_port, launch, TestDb};
 
 /// Serves the portal on a real port for the browser; returns its base URL.
 pub async fn serve() -> (String, TestDb) {
@@ -23,18 +23,7 @@ pub async fn serve_with(
             .merge(("port", port))
             .merge(("portal.public_url", base.clone())),
     );
-    let rocket = tchap_portal::build(fig)
-        .expect("settings")
-        .ignite()
-        .await
-        .expect("ignite");
-    rocket::tokio::spawn(rocket.launch());
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        rocket::tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    launch(fig, port).await;
     (base, db)
 }
 
@@ -220,20 +209,10 @@ fn shown_pin(text: &str) -> Option<String> {
     })
 }
 
-fn link_in(mail: &Value, path: &str) -> String {
-    let text = mail["text"].as_str().expect("text part");
-    let start = text.find(path).expect("the link in the mail");
-    let token = text[start + path.len()..]
-        .split_whitespace()
-        .next()
-        .expect("token");
-    format!("{path}{token}")
-}
-
 #[rocket::async_test]
 async fn audioconf_journeys_by_email_and_with_tchap_in_chromium_without_javascript() {
     use crate::common::matrix::{new_user, set_email};
-    use crate::common::smtp::{parse, SmtpServer};
+    use crate::common::smtp::{link_in, parse, SmtpServer};
     let smtp = SmtpServer::start();
     let port = smtp.port;
     let (base, _db) = serve_with(move |f| {

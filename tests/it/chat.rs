@@ -3,24 +3,18 @@
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use rocket::http::{ContentType, Status};
+use rocket::http::Status;
 use serde_json::json;
 use tchap_portal::chat::hs::Hs;
 use tchap_portal::db::schema::{chat_sync, sessions};
 
 use crate::common::matrix::{call, create_room, new_user, send, token_of};
-use crate::common::{csrf_token, log_in, title, unescape, TestApp};
+use crate::common::{csrf_token, log_in, title, TestApp};
 
 const PASSWORD: &str = "Salon-pass-42";
 
 async fn get(app: &TestApp, path: &str) -> (Status, Option<String>, String) {
-    let res = app.client.get(path.to_owned()).dispatch().await;
-    let location = res.headers().get_one("Location").map(str::to_owned);
-    (
-        res.status(),
-        location,
-        unescape(&res.into_string().await.unwrap_or_default()),
-    )
+    crate::common::get(&app.client, path).await
 }
 
 fn calls(app: &TestApp) -> u64 {
@@ -28,19 +22,18 @@ fn calls(app: &TestApp) -> u64 {
 }
 
 async fn answer_invitation(app: &TestApp, page: &str, room_id: &str, decision: &str) {
-    let res = app
-        .client
-        .post("/discussions/invitation")
-        .header(ContentType::Form)
-        .body(format!(
+    let (status, location, _) = crate::common::post_form(
+        &app.client,
+        "/discussions/invitation",
+        format!(
             "csrf_token={}&room_id={}&decision={decision}",
             csrf_token(page),
-            tchap_portal::accounts::matrix::percent_encode(room_id)
-        ))
-        .dispatch()
-        .await;
-    assert_eq!(res.status(), Status::SeeOther);
-    assert_eq!(res.headers().get_one("Location"), Some("/discussions"));
+            urlencode(room_id)
+        ),
+    )
+    .await;
+    assert_eq!(status, Status::SeeOther);
+    assert_eq!(location.as_deref(), Some("/discussions"));
 }
 
 #[rocket::async_test]
@@ -155,6 +148,18 @@ async fn the_room_list_shows_invitations_first_then_rooms_by_activity_with_count
         page[joined..].contains("Invitation de Bob"),
         "the accepted room is among the joined ones"
     );
+    for body in [
+        format!("room_id={}&decision=maybe", urlencode(&declined)),
+        "room_id=not-a-room&decision=accept".to_owned(),
+    ] {
+        let (status, _, _) = crate::common::post_form(
+            &app.client,
+            "/discussions/invitation",
+            format!("csrf_token={}&{body}", csrf_token(&page)),
+        )
+        .await;
+        assert_eq!(status, Status::NotFound, "{body}");
+    }
     answer_invitation(&app, &page, &declined, "decline").await;
     let (_, _, page) = get(&app, "/discussions").await;
     assert!(!page.contains("À refuser"));

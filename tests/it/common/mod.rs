@@ -201,3 +201,55 @@ pub async fn log_in(
         .await;
     assert_eq!(res.status(), Status::SeeOther, "logged in as {identifier}");
 }
+
+/// A GET as the browser makes it: (status, `Location`, body with entities decoded).
+pub async fn get(client: &Client, path: &str) -> (rocket::http::Status, Option<String>, String) {
+    answer(client.get(path.to_owned()).dispatch().await).await
+}
+
+/// A form POST (`application/x-www-form-urlencoded` body): (status, `Location`, decoded body).
+pub async fn post_form(
+    client: &Client,
+    path: &str,
+    body: String,
+) -> (rocket::http::Status, Option<String>, String) {
+    answer(
+        client
+            .post(path.to_owned())
+            .header(rocket::http::ContentType::Form)
+            .body(body)
+            .dispatch()
+            .await,
+    )
+    .await
+}
+
+async fn answer(
+    res: rocket::local::asynchronous::LocalResponse<'_>,
+) -> (rocket::http::Status, Option<String>, String) {
+    let status = res.status();
+    let location = res.headers().get_one("Location").map(str::to_owned);
+    (
+        status,
+        location,
+        unescape(&res.into_string().await.unwrap_or_default()),
+    )
+}
+
+/// Serves `figment` (its `port`) on a real port, for a browser or a back channel; returns once it
+/// accepts connections.
+pub async fn launch(figment: Figment, port: u16) {
+    let rocket = tchap_portal::build(figment)
+        .expect("settings")
+        .ignite()
+        .await
+        .expect("ignite");
+    rocket::tokio::spawn(rocket.launch());
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        rocket::tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the portal did not start on port {port}");
+}

@@ -133,3 +133,14 @@ print(json.dumps(out))
     let out = child.wait_with_output().expect("parse mail");
     serde_json::from_slice(&out.stdout).expect("parsed mail")
 }
+
+/// The path of the link starting with `path` in a parsed mail's text part.
+pub fn link_in(mail: &serde_json::Value, path: &str) -> String {
+    let text = mail["text"].as_str().expect("text part");
+    let start = text.find(path).expect("the link in the mail");
+    let token = text[start + path.len()..]
+        .split_whitespace()
+        .next()
+        .expect("token");
+    format!("{path}{token}")
+}
