@@ -167,6 +167,8 @@ pub struct MatrixSettings {
     pub discovery_homeservers: Vec<String>,
     /// Every call to a homeserver gives up after this long.
     pub timeout_secs: u64,
+    /// Largest file the chat's media proxy passes on (bytes).
+    pub media_max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -223,6 +225,7 @@ impl Default for Settings {
                 server_name: "localhost".into(),
                 discovery_homeservers: vec![],
                 timeout_secs: 10,
+                media_max_bytes: 50 * 1024 * 1024,
             },
             accounts: AccountsSettings {
                 max_failures: 5,

@@ -13,7 +13,7 @@ NODE_DIR=$CACHE/node
 SYNAPSE_VERSION=${SYNAPSE_VERSION:-1.163.2}
 AIOSMTPD_VERSION=1.4.6
 # Bump when the Synapse settings below change: existing state folders get them at next start.
-SYNAPSE_CONFIG=2
+SYNAPSE_CONFIG=3
 mkdir -p "$CACHE" "$STATE/log"
 
 PIDS=()
@@ -162,6 +162,8 @@ c["federation_domain_whitelist"] = []
 c["presence"] = {"enabled": False}
 c["url_preview_enabled"] = False
 c["max_upload_size"] = "20M"
+# Like Tchap: forums are published in the room directory (Synapse denies publication by default).
+c["room_list_publication_rules"] = [{"action": "allow"}]
 big = {"per_second": 10000, "burst_count": 100000}
 for k in ["rc_message", "rc_registration", "rc_joins", "rc_invites", "rc_3pid_validation",
           "rc_admin_redaction", "rc_media_create", "rc_delayed_event_mgmt", "rc_room_creation"]:

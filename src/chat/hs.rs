@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ruma::api::auth_scheme::{AccessToken, SendAccessToken};
+use ruma::api::auth_scheme::{AuthScheme, SendAccessToken};
 use ruma::api::error::{Error as ApiError, ErrorKind, FromHttpResponseError};
 use ruma::api::path_builder::VersionHistory;
 use ruma::api::{IncomingResponse, MatrixVersion, OutgoingRequest, SupportedVersions};
@@ -36,6 +36,7 @@ pub enum HsError {
 pub struct Hs {
     http: reqwest::Client,
     calls: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
 }
 
 fn versions() -> SupportedVersions {
@@ -56,12 +57,18 @@ impl Hs {
         Ok(Hs {
             http,
             calls: Arc::new(AtomicU64::new(0)),
+            received: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// Calls made so far (tests count them; the metrics may show them).
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of answers read so far (a full sync shows here; an incremental one barely does).
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     /// Sends an authenticated client-server request and reads its typed answer.
@@ -72,7 +79,8 @@ impl Hs {
         request: R,
     ) -> Result<R::IncomingResponse, HsError>
     where
-        R: OutgoingRequest<Authentication = AccessToken, PathBuilder = VersionHistory>,
+        R: OutgoingRequest<PathBuilder = VersionHistory>,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
         R::IncomingResponse: IncomingResponse<EndpointError = ApiError>,
     {
         let req = request
@@ -83,6 +91,56 @@ impl Hs {
             )
             .map_err(|e| HsError::Refused(e.to_string()))?;
         self.execute::<R::IncomingResponse>(req).await
+    }
+
+    /// Downloads a media file (an authenticated `/_matrix/client/v1/media/…` path), refusing more
+    /// than `max` bytes; answers the bytes and the homeserver's content type.
+    pub async fn download(
+        &self,
+        homeserver: &str,
+        token: &str,
+        path: &str,
+        max: u64,
+    ) -> Result<(Vec<u8>, Option<String>), HsError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let url = format!("{}{path}", homeserver.trim_end_matches('/'));
+        let mut res = self
+            .http
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| HsError::Unavailable(e.to_string()))?;
+        match res.status().as_u16() {
+            200..=299 => {}
+            401 => return Err(HsError::TokenRevoked),
+            403 => return Err(HsError::Forbidden("media".into())),
+            404 => return Err(HsError::NotFound("media".into())),
+            s if s >= 500 => return Err(HsError::Unavailable(format!("status {s}"))),
+            s => return Err(HsError::Refused(format!("status {s}"))),
+        }
+        if res.content_length().is_some_and(|n| n > max) {
+            return Err(HsError::Refused("too large".into()));
+        }
+        let content_type = res
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut bytes = Vec::new();
+        while let Some(chunk) = res
+            .chunk()
+            .await
+            .map_err(|e| HsError::Unavailable(e.to_string()))?
+        {
+            if (bytes.len() + chunk.len()) as u64 > max {
+                return Err(HsError::Refused("too large".into()));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        self.received
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok((bytes, content_type))
     }
 
     async fn execute<Resp>(&self, req: http::Request<Vec<u8>>) -> Result<Resp, HsError>
@@ -109,6 +167,8 @@ impl Hs {
             .bytes()
             .await
             .map_err(|e| HsError::Unavailable(e.to_string()))?;
+        self.received
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let mut response = http::Response::builder().status(status.as_u16());
         if let Some(h) = response.headers_mut() {
             *h = headers;

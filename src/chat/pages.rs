@@ -4,8 +4,9 @@
 use chrono::Utc;
 use rocket::form::{Form, FromForm};
 use rocket::http::{CookieJar, Status};
+use rocket::request::{FromRequest, Outcome, Request};
 use rocket::response::Redirect;
-use rocket::{get, post, Either, State};
+use rocket::{get, post, Either};
 use ruma::api::client::membership::{join_room_by_id, leave_room};
 use ruma::OwnedRoomId;
 use serde::Serialize;
@@ -77,45 +78,109 @@ impl From<diesel::result::Error> for Trouble {
     }
 }
 
-/// Turns a trouble into the page or redirect the agent gets.
-pub async fn answer(
-    trouble: Trouble,
-    ctx: &Ctx,
-    user: &CurrentUser,
-    db: &Db,
-    cookies: &CookieJar<'_>,
-    config: &Config,
-    back: &str,
-) -> Result<Either<Page, Redirect>, AppError> {
-    match trouble {
-        Trouble::SessionEnded => {
-            let mut conn = db.get().await?;
-            session::delete(&mut conn, user.id).await?;
-            session::clear_cookie(cookies, config.release);
-            tracing::info!(user = %user.matrix_user_id, "Tchap token revoked elsewhere: session ended");
-            Ok(Either::Right(Redirect::to(format!(
-                "/connexion?next={}&fin=1",
-                crate::accounts::matrix::percent_encode(back)
-            ))))
+/// What every chat page needs besides the agent: the database, keys, homeserver client, settings
+/// and cookies (one guard instead of five parameters).
+pub struct Chat<'r> {
+    pub db: &'r Db,
+    pub keys: &'r Keys,
+    pub hs: &'r Hs,
+    pub config: &'r Config,
+    pub cookies: &'r CookieJar<'r>,
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Chat<'r> {
+    type Error = ();
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ()> {
+        let r = req.rocket();
+        match (
+            r.state::<Db>(),
+            r.state::<Keys>(),
+            r.state::<Hs>(),
+            r.state::<Config>(),
+        ) {
+            (Some(db), Some(keys), Some(hs), Some(config)) => Outcome::Success(Chat {
+                db,
+                keys,
+                hs,
+                config,
+                cookies: req.cookies(),
+            }),
+            _ => Outcome::Error((Status::InternalServerError, ())),
         }
-        Trouble::Unavailable => Ok(Either::Left(Page {
-            status: Status::ServiceUnavailable,
-            retry_after: Some(10),
-            ..Page::ok(ctx.render("chat/unavailable", json!({ "retry": back })))
-        })),
-        Trouble::NotFound => Err(AppError::NotFound),
-        Trouble::Forbidden(why) => {
-            tracing::info!(%why, "homeserver refused");
-            Err(AppError::Forbidden)
-        }
-        Trouble::App(e) => Err(e),
     }
+}
+
+/// A chat page's answer: a page, or a redirect (after a form, or to the login page).
+pub type Answer = Result<Either<Page, Redirect>, AppError>;
+
+impl Chat<'_> {
+    /// Turns a trouble into the page or redirect the agent gets; `back` is where to return.
+    pub async fn answer(
+        &self,
+        trouble: Trouble,
+        ctx: &Ctx,
+        user: &CurrentUser,
+        back: &str,
+    ) -> Answer {
+        match trouble {
+            Trouble::SessionEnded => {
+                let mut conn = self.db.get().await?;
+                session::delete(&mut conn, user.id).await?;
+                session::clear_cookie(self.cookies, self.config.release);
+                tracing::info!(user = %user.matrix_user_id, "Tchap token revoked elsewhere: session ended");
+                Ok(Either::Right(Redirect::to(format!(
+                    "/connexion?next={}&fin=1",
+                    crate::accounts::matrix::percent_encode(back)
+                ))))
+            }
+            Trouble::Unavailable => Ok(Either::Left(Page {
+                status: Status::ServiceUnavailable,
+                retry_after: Some(10),
+                ..Page::ok(ctx.render("chat/unavailable", json!({ "retry": back })))
+            })),
+            Trouble::NotFound => Err(AppError::NotFound),
+            Trouble::Forbidden(why) => {
+                tracing::info!(%why, "homeserver refused");
+                Err(AppError::Forbidden)
+            }
+            Trouble::App(e) => Err(e),
+        }
+    }
+
+    /// A page's result as the agent gets it.
+    pub async fn reply(
+        &self,
+        result: Result<Either<Page, Redirect>, Trouble>,
+        ctx: &Ctx,
+        user: &CurrentUser,
+        back: &str,
+    ) -> Answer {
+        match result {
+            Ok(a) => Ok(a),
+            Err(t) => self.answer(t, ctx, user, back).await,
+        }
+    }
+
+    /// The agent's homeserver and decrypted access token.
+    pub fn token(&self, user: &CurrentUser) -> Result<String, Trouble> {
+        Ok(user.access_token(self.keys)?)
+    }
+}
+
+/// The path of a room's page (room IDs are percent-encoded: they may hold any character).
+pub fn room_path(room_id: &str) -> String {
+    format!(
+        "/discussions/{}",
+        crate::accounts::matrix::percent_encode(room_id)
+    )
 }
 
 /// A room as the list shows it.
 #[derive(Serialize)]
 struct RoomView {
     room_id: String,
+    href: String,
     name: String,
     kind: String,
     encrypted: bool,
@@ -171,6 +236,7 @@ fn when(t: chrono::DateTime<Utc>, ctx: &Ctx) -> String {
 fn view(row: &RoomRow, ctx: &Ctx) -> RoomView {
     RoomView {
         room_id: row.room_id.clone(),
+        href: room_path(&row.room_id),
         name: display_name(row, ctx),
         kind: row.kind.clone(),
         encrypted: row.encrypted,
@@ -189,15 +255,14 @@ async fn rooms_page(
     ctx: &Ctx,
     user: &CurrentUser,
     page: i64,
-    db: &Db,
-    keys: &Keys,
-    hs: &Hs,
+    done: Option<&str>,
+    chat: &Chat<'_>,
 ) -> Result<Page, Trouble> {
-    let token = user.access_token(keys)?;
-    let mut conn = db.get().await?;
+    let token = chat.token(user)?;
+    let mut conn = chat.db.get().await?;
     sync::refresh(
         &mut conn,
-        hs,
+        chat.hs,
         user.id,
         &user.matrix_user_id,
         &user.homeserver_url,
@@ -219,27 +284,25 @@ async fn rooms_page(
             "pages": pages,
             "previous": (page > 1).then(|| page - 1),
             "next": (page < pages).then(|| page + 1),
+            "done": done,
         }),
     )))
 }
 
 /// Logged-out visitors get the login page and come back here (the 401 catcher does it).
-#[allow(clippy::too_many_arguments)]
-#[get("/discussions?<page>")]
+#[get("/discussions?<page>&<fait>")]
 pub async fn rooms(
     ctx: Ctx,
     user: CurrentUser,
     page: Option<i64>,
-    db: &State<Db>,
-    keys: &State<Keys>,
-    hs: &State<Hs>,
-    cookies: &CookieJar<'_>,
-    config: &State<Config>,
-) -> Result<Either<Page, Redirect>, AppError> {
-    match rooms_page(&ctx, &user, page.unwrap_or(1), db, keys, hs).await {
-        Ok(p) => Ok(Either::Left(p)),
-        Err(t) => answer(t, &ctx, &user, db, cookies, config, "/discussions").await,
-    }
+    fait: Option<&str>,
+    chat: Chat<'_>,
+) -> Answer {
+    let done = fait.filter(|f| *f == "left");
+    let result = rooms_page(&ctx, &user, page.unwrap_or(1), done, &chat)
+        .await
+        .map(Either::Left);
+    chat.reply(result, &ctx, &user, "/discussions").await
 }
 
 #[derive(Debug, FromForm)]
@@ -251,37 +314,32 @@ pub struct InvitationForm {
 }
 
 /// Accepts (joins) or declines (leaves) an invitation.
-#[allow(clippy::too_many_arguments)]
 #[post("/discussions/invitation", data = "<form>")]
 pub async fn invitation(
     ctx: Ctx,
     user: CurrentUser,
     form: Form<InvitationForm>,
-    db: &State<Db>,
-    keys: &State<Keys>,
-    hs: &State<Hs>,
-    cookies: &CookieJar<'_>,
-    config: &State<Config>,
-) -> Result<Either<Page, Redirect>, AppError> {
+    chat: Chat<'_>,
+) -> Answer {
     let Ok(room_id) = OwnedRoomId::try_from(form.room_id.as_str()) else {
         return Err(AppError::NotFound);
     };
-    let token = user.access_token(keys)?;
+    let token = match chat.token(&user) {
+        Ok(t) => t,
+        Err(t) => return chat.answer(t, &ctx, &user, "/discussions").await,
+    };
+    let (hs, home) = (chat.hs, user.homeserver_url.as_str());
     let done = match form.decision.as_str() {
         "accept" => hs
             .send(
-                &user.homeserver_url,
+                home,
                 &token,
                 join_room_by_id::v3::Request::new(room_id.clone()),
             )
             .await
             .map(|_| ()),
         "decline" => hs
-            .send(
-                &user.homeserver_url,
-                &token,
-                leave_room::v3::Request::new(room_id.clone()),
-            )
+            .send(home, &token, leave_room::v3::Request::new(room_id.clone()))
             .await
             .map(|_| ()),
         _ => return Err(AppError::NotFound),
@@ -289,8 +347,13 @@ pub async fn invitation(
     match done {
         Ok(()) => {
             tracing::info!(room = %room_id, decision = %form.decision, "invitation answered");
-            Ok(Either::Right(Redirect::to("/discussions")))
+            let to = if form.decision == "accept" {
+                room_path(room_id.as_str())
+            } else {
+                "/discussions".to_owned()
+            };
+            Ok(Either::Right(Redirect::to(to)))
         }
-        Err(e) => answer(e.into(), &ctx, &user, db, cookies, config, "/discussions").await,
+        Err(e) => chat.answer(e.into(), &ctx, &user, "/discussions").await,
     }
 }

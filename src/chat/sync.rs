@@ -333,6 +333,31 @@ async fn apply(
     .await
 }
 
+/// After a read receipt: nothing unread in this room any more (the next sync agrees).
+pub async fn mark_read(
+    conn: &mut AsyncPgConnection,
+    session_id: i64,
+    room_id: &str,
+) -> diesel::QueryResult<()> {
+    diesel::update(chat_rooms::table.find((session_id, room_id)))
+        .set((chat_rooms::unread.eq(0), chat_rooms::highlight.eq(0)))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// After leaving a room: gone from the list at once (the next sync agrees).
+pub async fn forget(
+    conn: &mut AsyncPgConnection,
+    session_id: i64,
+    room_id: &str,
+) -> diesel::QueryResult<()> {
+    diesel::delete(chat_rooms::table.find((session_id, room_id)))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// One page of the room list: invitations first, then joined rooms by last activity.
 pub async fn list(
     conn: &mut AsyncPgConnection,

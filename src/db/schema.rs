@@ -47,6 +47,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    chat_media (session_id, mxc) {
+        session_id -> Int8,
+        mxc -> Text,
+        room_id -> Text,
+        seen_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     chat_rooms (session_id, room_id) {
         session_id -> Int8,
         room_id -> Text,
@@ -208,6 +217,7 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(chat_media -> sessions (session_id));
 diesel::joinable!(chat_rooms -> sessions (session_id));
 diesel::joinable!(chat_sync -> sessions (session_id));
 diesel::joinable!(oidc_codes -> oidc_grants (grant_id));
@@ -217,6 +227,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     audioconf_conferences,
     audioconf_domains,
     audioconf_requests,
+    chat_media,
     chat_rooms,
     chat_sync,
     login_failures,

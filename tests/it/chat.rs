@@ -33,7 +33,12 @@ async fn answer_invitation(app: &TestApp, page: &str, room_id: &str, decision: &
     )
     .await;
     assert_eq!(status, Status::SeeOther);
-    assert_eq!(location.as_deref(), Some("/discussions"));
+    let expected = if decision == "accept" {
+        format!("/discussions/{}", urlencode(room_id))
+    } else {
+        "/discussions".to_owned()
+    };
+    assert_eq!(location, Some(expected), "accepting opens the room");
 }
 
 #[rocket::async_test]

@@ -5,6 +5,7 @@ mod admin;
 mod audioconf;
 mod browser;
 mod chat;
+mod chat_room;
 mod common;
 mod login;
 mod mail;

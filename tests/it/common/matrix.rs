@@ -28,13 +28,26 @@ pub async fn register(
     display_name: Option<&str>,
     admin: bool,
 ) -> (String, String, String) {
-    let local = format!(
-        "{prefix}-{}",
-        tchap_portal::crypto::random_token(6)
-            .expect("rand")
-            .to_lowercase()
-            .replace(['-', '_'], "x")
-    );
+    let local = format!("{prefix}-{}", random_tag());
+    register_exact(&local, password, display_name, admin).await
+}
+
+/// A short random lowercase tag for names that must not collide between tests.
+pub fn random_tag() -> String {
+    tchap_portal::crypto::random_token(6)
+        .expect("rand")
+        .to_lowercase()
+        .replace(['-', '_'], "x")
+}
+
+/// Registers the user `local` exactly (an administrator if `admin`).
+pub async fn register_exact(
+    local: &str,
+    password: &str,
+    display_name: Option<&str>,
+    admin: bool,
+) -> (String, String, String) {
+    let local = local.to_owned();
     let http = reqwest::Client::new();
     let url = format!("{}/_synapse/admin/v1/register", homeserver());
     let nonce: Value = http

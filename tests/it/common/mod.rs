@@ -138,6 +138,12 @@ impl TestApp {
         TestApp { db, client }
     }
 
+    /// Another browser on the same portal and database (another agent's cookies).
+    pub async fn another_browser(&self) -> Client {
+        let rocket = tchap_portal::build(figment(&self.db)).expect("valid test settings");
+        Client::tracked(rocket).await.expect("the portal starts")
+    }
+
     pub fn pool(&self) -> &Db {
         self.client.rocket().state::<Db>().expect("pool")
     }
@@ -205,6 +211,26 @@ pub async fn log_in(
 /// A GET as the browser makes it: (status, `Location`, body with entities decoded).
 pub async fn get(client: &Client, path: &str) -> (rocket::http::Status, Option<String>, String) {
     answer(client.get(path.to_owned()).dispatch().await).await
+}
+
+/// A GET's body exactly as sent (entities kept): for assertions on the HTML itself.
+pub async fn get_raw(client: &Client, path: &str) -> (rocket::http::Status, String) {
+    let res = client.get(path.to_owned()).dispatch().await;
+    (res.status(), res.into_string().await.unwrap_or_default())
+}
+
+/// The value of the first hidden or text field named `name` in a page.
+pub fn field(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("a field {name} in the page"))
+        + marker.len();
+    html[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// A form POST (`application/x-www-form-urlencoded` body): (status, `Location`, decoded body).
