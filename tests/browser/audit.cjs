@@ -1,7 +1,7 @@
 // Drives Debian's Chromium (headless, JavaScript disabled) through a journey given as JSON on
 // argv[2]: {"base": URL, "out": DIR, "steps": [...]}. A step either opens a page
 // ({"name", "path"}) or acts on the current one like a person would ({"name", "fill": {selector:
-// text}, "check": [selector], "select": {selector: value}, "click": selector}, the click leading
+// text}, "check": [selector], "select": {selector: value}, "upload": {selector: file path}, "click": selector}, the click leading
 // to the next page). On every page reached it saves a screenshot at 1280 px and at 320 px, checks
 // horizontal scrolling at 320 px, and runs axe-core (WCAG 2.1 A and AA). axe needs script, so it
 // runs in a second, audit-only context on the very document the JS-free browser received (same
@@ -31,6 +31,7 @@ const path = require('path');
         for (const [sel, value] of Object.entries(step.fill || {})) await page.fill(sel, value);
         for (const sel of step.check || []) await page.check(sel, { force: true });
         for (const [sel, value] of Object.entries(step.select || {})) await page.selectOption(sel, value);
+        for (const [sel, file] of Object.entries(step.upload || {})) await page.setInputFiles(sel, file);
         if (step.click) {
           [res] = await Promise.all([page.waitForNavigation({ waitUntil: 'load' }), page.click(step.click)]);
         }

@@ -313,3 +313,103 @@ async fn audioconf_journeys_by_email_and_with_tchap_in_chromium_without_javascri
     assert!(shown_pin(text).is_some(), "a PIN on the page: {text}");
     assert!(text.contains("lea.petit@numerique.gouv.fr"));
 }
+
+#[rocket::async_test]
+async fn tchap_web_leger_journey_in_chromium_without_javascript() {
+    use crate::common::matrix::{call, create_room, new_user, send, token_of};
+    let password = "Salon-pass-42";
+    let (_, alice) = new_user("lecteur", password, Some("Alice Lecteur")).await;
+    let (_, bob) = new_user("collegue", password, Some("Bob Collègue")).await;
+    let (ta, tb) = (
+        token_of(&alice, password).await,
+        token_of(&bob, password).await,
+    );
+    let enc = tchap_portal::accounts::matrix::percent_encode;
+    let forum = create_room(
+        &tb,
+        json!({"name": "Salon du navigateur", "preset": "public_chat"}),
+    )
+    .await;
+    call("POST", &ta, &format!("/join/{}", enc(&forum)), json!({})).await;
+    for n in 1..=40 {
+        send(
+            &tb,
+            &forum,
+            json!({"msgtype": "m.text", "body": format!("Message {n} de Bob")}),
+        )
+        .await;
+    }
+    create_room(
+        &tb,
+        json!({"name": "Équipe privée", "preset": "private_chat", "invite": [alice]}),
+    )
+    .await;
+    let image = std::env::temp_dir().join(format!("portail-{}.png", std::process::id()));
+    std::fs::write(
+        &image,
+        [
+            0x89u8, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48,
+            0x44, 0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00,
+            0x00, 0x1F, 0x15, 0xC4, 0x89, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x44, 0x41, 0x54, 0x78,
+            0x9C, 0x63, 0xF8, 0xCF, 0xC0, 0xF0, 0x1F, 0x00, 0x05, 0x00, 0x01, 0xFF, 0x89, 0x99,
+            0x3D, 0x1D, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+        ],
+    )
+    .expect("image");
+    let room = format!("/discussions/{}", enc(&forum));
+    let (base, _db) = serve().await;
+    let report = journey(
+        &base,
+        vec![
+            json!({"name": "chat-login", "path": "/connexion"}),
+            json!({"name": "chat-login-done", "fill": {"#identifier": alice, "#password": password},
+                   "click": "#contenu button[type=submit]"}),
+            json!({"name": "chat-list", "path": "/discussions"}),
+            json!({"name": "chat-room", "click": "a.portal-room__name"}),
+            json!({"name": "chat-sent", "fill": {"#message": "Bonjour depuis le navigateur"},
+                   "click": "form[action$=\"/envoyer\"] button"}),
+            json!({"name": "chat-older", "click": "a.fr-icon-arrow-up-line"}),
+            json!({"name": "chat-room-again", "path": room}),
+            json!({"name": "chat-file-sent", "upload": {"#file": image.display().to_string()},
+                   "click": "form[action$=\"/fichier\"] button"}),
+            json!({"name": "chat-invitations", "path": "/discussions"}),
+            json!({"name": "chat-invitation-accepted", "click": "button[value=accept]"}),
+            json!({"name": "chat-direct-form", "path": "/discussions/direct"}),
+            json!({"name": "chat-direct-started", "fill": {"#contact": bob},
+                   "click": "#contenu button[type=submit]"}),
+            json!({"name": "chat-join-form", "path": "/discussions/rejoindre?q=navigateur"}),
+            json!({"name": "chat-create-form", "path": "/discussions/nouveau"}),
+            json!({"name": "chat-leave-confirm", "path": format!("{room}/quitter")}),
+            json!({"name": "chat-left", "click": "#contenu button[type=submit]"}),
+        ],
+    );
+    let _ = std::fs::remove_file(&image);
+    assert_accessible(&report);
+    let text = |name: &str| {
+        step(&report, name)["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(text("chat-room").contains("Message 40 de Bob"));
+    assert!(
+        !text("chat-room").contains("Message 5 de Bob"),
+        "30 events per page"
+    );
+    assert!(text("chat-sent").contains("Bonjour depuis le navigateur"));
+    assert!(text("chat-older").contains("Message 5 de Bob"));
+    assert!(text("chat-file-sent").contains("Fichier envoyé."));
+    assert!(text("chat-invitation-accepted").contains("Équipe privée"));
+    assert!(
+        text("chat-invitation-accepted").contains("ouvrez Tchap pour les lire"),
+        "an encrypted room says so"
+    );
+    let direct = step(&report, "chat-direct-started");
+    assert_eq!(direct["status"], 200, "{direct}");
+    assert!(direct["url"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("fait=created"));
+    assert!(text("chat-left").contains("Vous avez quitté le salon."));
+    assert!(!text("chat-left").contains("Salon du navigateur"));
+}

@@ -2,10 +2,13 @@
 //! deletions, encrypted rooms, sending once per form, older messages, an XSS corpus, read receipts,
 //! files through the media proxy, joining, leaving, creating, direct chats and invitations.
 
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
 use rocket::http::{ContentType, Status};
 use rocket::local::asynchronous::Client;
 use serde_json::{json, Value};
 use tchap_portal::chat::hs::Hs;
+use tchap_portal::db::schema::sessions;
 
 use crate::common::matrix::{
     call, create_room, new_user, random_tag, register_exact, send, token_of,
@@ -334,6 +337,37 @@ async fn sending_from_the_room_page_sends_once_replies_and_keeps_the_text_on_err
     let t = timeline(&page);
     let reply = &t[..t.find("Moi !").expect("reply shown")];
     assert!(reply[reply.len().saturating_sub(300)..].contains("Bob Durand : Qui vient jeudi ?"));
+
+    // The homeserver does not answer: the text comes back, ready to send again under the same
+    // nonce; sending it once the homeserver is back posts it once.
+    let (_, _, page) = get(&app.client, &room_path(&room)).await;
+    let mut conn = app.db.conn().await;
+    let real: String = sessions::table
+        .select(sessions::homeserver_url)
+        .first(&mut conn)
+        .await
+        .expect("session");
+    diesel::update(sessions::table)
+        .set(sessions::homeserver_url.eq("http://127.0.0.1:9"))
+        .execute(&mut conn)
+        .await
+        .expect("point elsewhere");
+    let (status, _, unsent) = send_message(&app.client, &room, &page, "Pas perdu", "").await;
+    assert_eq!(status, Status::ServiceUnavailable);
+    assert_eq!(title(&unsent), "Message non envoyé — Portail Tchap");
+    assert!(unsent.contains(">Pas perdu</textarea>"), "the text is kept");
+    assert_eq!(field(&unsent, "nonce"), field(&page, "nonce"), "same nonce");
+    diesel::update(sessions::table)
+        .set(sessions::homeserver_url.eq(&real))
+        .execute(&mut conn)
+        .await
+        .expect("back");
+    for _ in 0..2 {
+        let (status, _, _) = send_message(&app.client, &room, &unsent, "Pas perdu", "").await;
+        assert_eq!(status, Status::SeeOther);
+    }
+    let sent = bodies(&ta, &room).await;
+    assert_eq!(sent.iter().filter(|b| *b == "Pas perdu").count(), 1);
 
     // An encrypted room: said honestly, no send form, nothing sent in clear.
     let secret = create_room(
