@@ -414,10 +414,40 @@ pub async fn cancel(
     token: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<Conference>, BookError> {
+    end(conn, mailer, keys, Which::Token(token), now).await
+}
+
+/// Which conference to end: the one a cancel link names, or one by its ID (a room's line, ended
+/// by the agent who started it).
+pub enum Which<'a> {
+    Token(&'a str),
+    Id(i64),
+}
+
+/// Ends a conference now and queues the confirmation mail; `None` when it had already ended.
+pub async fn end(
+    conn: &mut AsyncPgConnection,
+    mailer: &Mailer,
+    keys: &Keys,
+    which: Which<'_>,
+    now: DateTime<Utc>,
+) -> Result<Option<Conference>, BookError> {
     conn.transaction::<_, BookError, _>(async |conn| {
+        let id: Option<i64> = match which {
+            Which::Token(token) => conf::table
+                .filter(conf::cancel_token_hash.eq(crypto::sha256(token.as_bytes())))
+                .select(conf::id)
+                .first(conn)
+                .await
+                .optional()?,
+            Which::Id(id) => Some(id),
+        };
+        let Some(id) = id else {
+            return Ok(None);
+        };
         let ended: Option<Conference> = diesel::update(
             conf::table
-                .filter(conf::cancel_token_hash.eq(crypto::sha256(token.as_bytes())))
+                .filter(conf::id.eq(id))
                 .filter(conf::cancelled_at.is_null())
                 .filter(conf::ends_at.gt(now)),
         )

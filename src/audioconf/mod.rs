@@ -106,7 +106,7 @@ pub fn stage(config: &Config) -> AdHoc {
 
 /// Erases the email address of conferences ended `retention_days` ago (their domain and HMAC
 /// stay, for statistics) and deletes booking requests whose link has expired or was used more
-/// than a day ago. Returns (addresses erased, requests deleted).
+/// than a day ago, and rooms' line records once their day is over. Returns (addresses erased, requests deleted).
 pub async fn retention(
     conn: &mut AsyncPgConnection,
     settings: &AudioconfSettings,
@@ -134,6 +134,15 @@ pub async fn retention(
         req::table
             .filter(req::expires_at.lt(now))
             .filter(req::created_at.lt(now - chrono::Duration::hours(24))),
+    )
+    .execute(conn)
+    .await?;
+    // A room's line is only needed on its day: who started it (a Matrix ID) goes the day after.
+    diesel::delete(
+        crate::db::schema::audioconf_rooms::table.filter(
+            crate::db::schema::audioconf_rooms::day
+                .lt(format::paris_date(now) - chrono::Duration::days(1)),
+        ),
     )
     .execute(conn)
     .await?;

@@ -6,7 +6,10 @@
 //! allow-list says) are rewritten to the portal's media proxy. A plain `body` is escaped, its web
 //! addresses made links, its line breaks kept. Nothing else reaches the page unescaped.
 
-use ruma::html::{Attribute, Html, LocalName, NodeRef, QualName, SanitizerConfig};
+use ruma::html::{
+    Attribute, ElementAttributesSchemes, Html, ListBehavior, LocalName, NodeRef, PropertiesNames,
+    QualName, SanitizerConfig,
+};
 
 /// Sanitised HTML and the `mxc://` URIs it shows (the proxy serves only those).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -76,7 +79,20 @@ fn walk(node: &NodeRef, media: &mut Vec<String>) {
 /// A message's `formatted_body` (format `org.matrix.custom.html`), sanitised.
 pub fn formatted(body: &str) -> Rendered {
     let html = Html::parse(body);
-    html.sanitize_with(&SanitizerConfig::strict().remove_reply_fallback());
+    // The specification's strict list, plus `tel:` (dial-in numbers, as Element allows).
+    let config = SanitizerConfig::strict()
+        .remove_reply_fallback()
+        .allow_schemes(
+            [ElementAttributesSchemes {
+                element: "a",
+                attr_schemes: &[PropertiesNames {
+                    parent: "href",
+                    properties: &["tel"],
+                }],
+            }],
+            ListBehavior::Add,
+        );
+    html.sanitize_with(&config);
     let mut media = Vec::new();
     for child in html.children() {
         walk(&child, &mut media);
@@ -166,6 +182,12 @@ mod tests {
         assert!(!r.html.contains("target"), "{}", r.html);
         assert!(!r.html.contains("<script"), "{}", r.html);
         assert!(!r.html.contains("javascript:"), "{}", r.html);
+        let tel = formatted(r#"<a href="tel:+33189000000,,123%23">appeler</a>"#);
+        assert!(
+            tel.html.contains(r#"href="tel:+33189000000,,123%23""#),
+            "{}",
+            tel.html
+        );
     }
 
     #[test]

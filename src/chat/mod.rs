@@ -1,6 +1,7 @@
 //! Tchap Web léger: a Matrix chat that works without JavaScript.
 
 pub mod actions;
+pub mod conference;
 pub mod hs;
 pub mod html;
 pub mod media;
@@ -26,6 +27,8 @@ pub fn stage(config: &Config) -> AdHoc {
                     pages::invitation,
                     room::show,
                     room::send,
+                    conference::start_page,
+                    conference::close,
                     media::upload,
                     media::media,
                     actions::join_form,

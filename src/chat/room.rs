@@ -8,7 +8,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rocket::form::{Form, FromForm};
 use rocket::http::Status;
 use rocket::response::Redirect;
-use rocket::{get, post, Either};
+use rocket::{get, post, Either, State};
 use ruma::api::client::filter::{LazyLoadOptions, RoomEventFilter};
 use ruma::api::client::message::{get_message_events, send_message_event};
 use ruma::api::client::receipt::create_receipt::v3::{self as receipt, ReceiptType};
@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use crate::accounts::session::CurrentUser;
 use crate::crypto;
 use crate::db::schema::{chat_media, chat_rooms};
+use crate::mail::Mailer;
 use crate::web::form::{FieldErrors, Page};
 use crate::web::page::Ctx;
 
@@ -212,6 +213,12 @@ pub async fn page(
     let names = timeline::names(&read(&res.state), &chunk);
     let history = timeline::build(&chunk, &names, &user.matrix_user_id, ctx.lang, None);
     remember_media(&mut conn, user.id, room_id.as_str(), &history.media).await?;
+    let audioconf = !chat.config.settings.audioconf.numbers.is_empty();
+    let lines = if audioconf {
+        super::conference::view(&mut conn, chat, user, ctx.lang, room_id.as_str()).await?
+    } else {
+        vec![]
+    };
 
     // A read receipt for the newest event, when the list counted something unread.
     if view.before.is_none() && (row.unread > 0 || row.highlight > 0) {
@@ -283,6 +290,7 @@ pub async fn page(
             "compose": compose,
             "replying": replying,
             "form_errors": !compose.errors.is_empty(),
+            "audioconf": { "enabled": audioconf, "lines": lines },
         }),
     );
     Ok(Page {
@@ -382,7 +390,15 @@ pub async fn show(
 }
 
 /// The notices a redirect may ask the room page to show.
-pub const DONE: &[&str] = &["invite", "created", "file", "joined"];
+pub const DONE: &[&str] = &[
+    "invite",
+    "created",
+    "file",
+    "joined",
+    "audioconf",
+    "audioconf_existing",
+    "audioconf_closed",
+];
 
 #[derive(Debug, FromForm)]
 pub struct SendForm {
@@ -433,10 +449,11 @@ pub async fn send(
     ctx: Ctx,
     user: CurrentUser,
     chat: Chat<'_>,
+    mailer: &State<Mailer>,
     room: &str,
     form: Form<SendForm>,
 ) -> Answer {
-    let result = send_inner(&ctx, &user, &chat, room, form.into_inner()).await;
+    let result = send_inner(&ctx, &user, &chat, mailer, room, form.into_inner()).await;
     chat.reply(result, &ctx, &user, &room_path(room)).await
 }
 
@@ -444,6 +461,7 @@ async fn send_inner(
     ctx: &Ctx,
     user: &CurrentUser,
     chat: &Chat<'_>,
+    mailer: &Mailer,
     room: &str,
     form: SendForm,
 ) -> Result<Either<Page, Redirect>, Trouble> {
@@ -453,6 +471,28 @@ async fn send_inner(
         .filter(|r| r.starts_with('$'))
         .map(str::to_owned);
     let mut errors = FieldErrors::default();
+    // `/audioconf [demain|date]`: a conference line for the room instead of a message.
+    if let Some(arg) = body.trim().strip_prefix("/audioconf") {
+        if arg.is_empty() || arg.starts_with(' ') {
+            let row = member_of(chat, user, room_id.as_str()).await?;
+            let today = crate::audioconf::format::paris_date(chrono::Utc::now());
+            let outcome = match super::conference::parse_day(arg, today) {
+                None => Err(ctx.lang.t("chat.audioconf.bad_date").to_owned()),
+                Some(day) => {
+                    super::conference::start(ctx, user, chat, mailer, &room_id, &row, day).await?
+                }
+            };
+            match outcome {
+                Ok(done) => {
+                    return Ok(Either::Right(Redirect::to(format!(
+                        "{}?fait={done}#audioconference",
+                        room_path(room_id.as_str())
+                    ))))
+                }
+                Err(why) => errors.add("message", why),
+            }
+        }
+    }
     if !valid_nonce(&form.nonce) {
         errors.form(ctx.lang.t("chat.send.stale"));
     }

@@ -47,6 +47,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    audioconf_rooms (room_id, day) {
+        room_id -> Text,
+        day -> Date,
+        conference_id -> Int8,
+        booked_by -> Text,
+        event_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     chat_media (session_id, mxc) {
         session_id -> Int8,
         mxc -> Text,
@@ -217,6 +228,7 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(audioconf_rooms -> audioconf_conferences (conference_id));
 diesel::joinable!(chat_media -> sessions (session_id));
 diesel::joinable!(chat_rooms -> sessions (session_id));
 diesel::joinable!(chat_sync -> sessions (session_id));
@@ -227,6 +239,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     audioconf_conferences,
     audioconf_domains,
     audioconf_requests,
+    audioconf_rooms,
     chat_media,
     chat_rooms,
     chat_sync,

@@ -15,11 +15,11 @@ use tchap_portal::web::i18n::Lang;
 use crate::common::smtp::{link_in, parse, SmtpServer};
 use crate::common::{csrf_token, figment, title, unescape, TestApp, TestDb};
 
-const NUMBER: &str = "+33189000000";
-const BRIDGE_SECRET: &str = "bridge-secret-for-tests-0123456789abcdef";
+pub(crate) const NUMBER: &str = "+33189000000";
+pub(crate) const BRIDGE_SECRET: &str = "bridge-secret-for-tests-0123456789abcdef";
 
 /// A portal with one number, a bridge, and its mail worker sending to `smtp`.
-async fn app(smtp: &SmtpServer, tweak: impl FnOnce(Figment) -> Figment) -> TestApp {
+pub(crate) async fn app(smtp: &SmtpServer, tweak: impl FnOnce(Figment) -> Figment) -> TestApp {
     let db = TestDb::new().await;
     let fig = figment(&db)
         .merge(("portal.audioconf.numbers", vec![NUMBER]))
@@ -62,7 +62,7 @@ async fn request_link(app: &TestApp, email: &str, when: &str) -> (Status, String
     .await
 }
 
-async fn ivr(
+pub(crate) async fn ivr(
     app: &TestApp,
     secret: &str,
     called: &str,

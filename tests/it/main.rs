@@ -11,5 +11,6 @@ mod login;
 mod mail;
 mod oidc;
 mod oidc_flow;
+mod room_audioconf;
 mod sessions;
 mod web;

@@ -432,7 +432,11 @@ async fn every_template_renders_with_sample_data() {
                         "reply": null, "media": null}],
                    "older": "/discussions/!a:x?avant=t1", "latest": true, "auto": true, "auto_secs": 30, "done": "invite",
                    "compose": {"body": "", "reply_to": "$1", "nonce": "n", "file_nonce": "f", "errors": {"fields": {}, "form": null}},
-                   "replying": {"sender": "Bob", "text": "Bonjour"}, "form_errors": false}),
+                   "replying": {"sender": "Bob", "text": "Bonjour"}, "form_errors": false,
+                   "audioconf": {"enabled": true, "lines": [{"number": "+33189000000", "number_national": "01 89 00 00 00",
+                       "pin": "123456789", "pin_grouped": "123 456 789", "tel": "tel:+33189000000,,123456789%23", "all_day": true,
+                       "day": "samedi 21 novembre 2026", "start": "10:00", "end": "23:59", "participant_limit": 50,
+                       "conference": "abc", "mine": true}]}}),
         ),
         (
             "chat/unsent",

@@ -1,0 +1,1 @@
+DROP TABLE audioconf_rooms;
