@@ -432,15 +432,7 @@ pub async fn direct(
         // An existing direct chat with that person, still joined: go there.
         let mut map = direct_map(&chat, &user, &token).await?;
         let mut conn = chat.db.get().await?;
-        sync::refresh(
-            &mut conn,
-            chat.hs,
-            user.id,
-            &user.matrix_user_id,
-            &user.homeserver_url,
-            &token,
-        )
-        .await?;
+        chat.sync(&mut conn, &user, &token).await?;
         let existing: Vec<String> = map[other.as_str()]
             .as_array()
             .into_iter()

@@ -26,7 +26,7 @@ use crate::web::page::Ctx;
 
 use super::html::escape;
 use super::pages::{room_path, Answer, Chat, Trouble};
-use super::room::{self, member_of, new_nonce, send_event, Compose, View};
+use super::room::{self, member_of, new_nonce, send_event, Compose};
 use super::sync::RoomRow;
 
 /// The day a `/audioconf` argument names: nothing or "aujourd'hui" (today), "demain", or a date
@@ -325,13 +325,7 @@ pub async fn refused(
         errors,
         ..Compose::default()
     };
-    let view = View {
-        status: Some(rocket::http::Status::UnprocessableEntity),
-        ..View::default()
-    };
-    room::page(ctx, user, chat, room, view, compose)
-        .await
-        .map(Either::Left)
+    room::page_with_errors(ctx, user, chat, room, compose).await
 }
 
 #[derive(Debug, FromForm)]

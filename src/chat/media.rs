@@ -24,7 +24,7 @@ use crate::web::page::Ctx;
 
 use super::hs::HsError;
 use super::pages::{room_path, Answer, Chat, Trouble};
-use super::room::{self, member_of, new_nonce, remember_media, valid_nonce, Compose, View};
+use super::room::{self, member_of, new_nonce, remember_media, valid_nonce, Compose};
 use super::timeline;
 
 /// Image types shown inline (never SVG: it can carry script).
@@ -161,13 +161,7 @@ async fn upload_inner(
             errors,
             ..Compose::default()
         };
-        let view = View {
-            status: Some(Status::UnprocessableEntity),
-            ..View::default()
-        };
-        return room::page(ctx, user, chat, room, view, compose)
-            .await
-            .map(Either::Left);
+        return room::page_with_errors(ctx, user, chat, room, compose).await;
     }
     // The type the bytes prove, else a neutral one: what the browser claimed is not trusted.
     let image = sniff(&bytes);

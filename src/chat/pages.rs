@@ -162,6 +162,25 @@ impl Chat<'_> {
         }
     }
 
+    /// Brings the agent's room summaries up to date (one incremental `/sync`).
+    pub async fn sync(
+        &self,
+        conn: &mut diesel_async::AsyncPgConnection,
+        user: &CurrentUser,
+        token: &str,
+    ) -> Result<(), Trouble> {
+        sync::refresh(
+            conn,
+            self.hs,
+            user.id,
+            &user.matrix_user_id,
+            &user.homeserver_url,
+            token,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The agent's homeserver and decrypted access token.
     pub fn token(&self, user: &CurrentUser) -> Result<String, Trouble> {
         Ok(user.access_token(self.keys)?)
@@ -260,15 +279,7 @@ async fn rooms_page(
 ) -> Result<Page, Trouble> {
     let token = chat.token(user)?;
     let mut conn = chat.db.get().await?;
-    sync::refresh(
-        &mut conn,
-        chat.hs,
-        user.id,
-        &user.matrix_user_id,
-        &user.homeserver_url,
-        &token,
-    )
-    .await?;
+    chat.sync(&mut conn, user, &token).await?;
     let page = page.max(1);
     let (rows, total) = sync::list(&mut conn, user.id, (page - 1) * PER_PAGE, PER_PAGE).await?;
     let pages = ((total + PER_PAGE - 1) / PER_PAGE).max(1);

@@ -99,15 +99,7 @@ pub async fn member_of(
         return Ok(row);
     }
     let token = chat.token(user)?;
-    sync::refresh(
-        &mut conn,
-        chat.hs,
-        user.id,
-        &user.matrix_user_id,
-        &user.homeserver_url,
-        &token,
-    )
-    .await?;
+    chat.sync(&mut conn, user, &token).await?;
     joined(&mut conn, user.id, room_id)
         .await?
         .ok_or(Trouble::NotFound)
@@ -179,15 +171,7 @@ pub async fn page(
     let token = chat.token(user)?;
     let home = user.homeserver_url.as_str();
     let mut conn = chat.db.get().await?;
-    sync::refresh(
-        &mut conn,
-        chat.hs,
-        user.id,
-        &user.matrix_user_id,
-        home,
-        &token,
-    )
-    .await?;
+    chat.sync(&mut conn, user, &token).await?;
     let row = joined(&mut conn, user.id, room_id.as_str())
         .await?
         .ok_or(Trouble::NotFound)?;
@@ -303,6 +287,24 @@ pub async fn page(
 pub struct Replying {
     sender: String,
     text: String,
+}
+
+/// The room page again after a refused form: the errors at the top and by their fields, what
+/// the agent typed kept (422).
+pub async fn page_with_errors(
+    ctx: &Ctx,
+    user: &CurrentUser,
+    chat: &Chat<'_>,
+    room: &str,
+    compose: Compose,
+) -> Result<Either<Page, Redirect>, Trouble> {
+    let view = View {
+        status: Some(Status::UnprocessableEntity),
+        ..View::default()
+    };
+    page(ctx, user, chat, room, view, compose)
+        .await
+        .map(Either::Left)
 }
 
 fn quote_of(item: &Item) -> Replying {
@@ -522,13 +524,7 @@ async fn send_inner(
             file_nonce: new_nonce()?,
             errors,
         };
-        let view = View {
-            status: Some(Status::UnprocessableEntity),
-            ..View::default()
-        };
-        return page(ctx, user, chat, room, view, compose)
-            .await
-            .map(Either::Left);
+        return page_with_errors(ctx, user, chat, room, compose).await;
     }
     let token = chat.token(user)?;
     let content = text_content(&body, reply_to.as_deref());
