@@ -323,7 +323,7 @@ async fn expired_and_unknown_links_say_so_and_book_nothing() {
     assert_eq!(n, 0);
 }
 
-async fn book_direct(
+pub(crate) async fn book_direct(
     app: &TestApp,
     settings: &tchap_portal::config::AudioconfSettings,
     i: usize,
@@ -356,7 +356,7 @@ async fn book_direct(
     .await
 }
 
-fn settings_of(app: &TestApp) -> tchap_portal::config::AudioconfSettings {
+pub(crate) fn settings_of(app: &TestApp) -> tchap_portal::config::AudioconfSettings {
     app.client
         .rocket()
         .state::<tchap_portal::config::Config>()

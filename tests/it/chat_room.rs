@@ -17,11 +17,11 @@ use crate::common::{csrf_token, field, get, get_raw, log_in, post_form, title, T
 
 const PASSWORD: &str = "Salon-pass-42";
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     tchap_portal::accounts::matrix::percent_encode(s)
 }
 
-fn room_path(room: &str) -> String {
+pub(crate) fn room_path(room: &str) -> String {
     format!("/discussions/{}", enc(room))
 }
 
@@ -815,8 +815,12 @@ async fn files_go_up_and_come_back_only_to_members() {
     assert_eq!(res.status(), Status::NotFound, "no longer a member");
     // Logged out: the login page, not the file.
     let anonymous = app.another_browser().await;
-    let res = anonymous.get(full).dispatch().await;
-    assert_ne!(res.status(), Status::Ok);
+    let res = anonymous.get(full.clone()).dispatch().await;
+    assert_eq!(res.status(), Status::SeeOther);
+    assert_eq!(
+        res.headers().get_one("Location"),
+        Some(format!("/connexion?next={}", enc(&full)).as_str())
+    );
 }
 
 #[rocket::async_test]

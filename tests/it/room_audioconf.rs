@@ -8,20 +8,13 @@ use rocket::http::Status;
 use serde_json::{json, Value};
 use tchap_portal::db::schema::audioconf_conferences;
 
-use crate::audioconf::{app, ivr, BRIDGE_SECRET, NUMBER};
+use crate::audioconf::{app, book_direct, ivr, settings_of, BRIDGE_SECRET, NUMBER};
+use crate::chat_room::{enc, room_path};
 use crate::common::matrix::{call, create_room, new_user, random_tag, set_email, token_of};
 use crate::common::smtp::{parse, SmtpServer};
 use crate::common::{csrf_token, field, get, log_in, post_form, title};
 
 const PASSWORD: &str = "Salon-pass-42";
-
-fn enc(s: &str) -> String {
-    tchap_portal::accounts::matrix::percent_encode(s)
-}
-
-fn room_path(room: &str) -> String {
-    format!("/discussions/{}", enc(room))
-}
 
 /// The room's messages as the homeserver has them, newest first.
 async fn messages(token: &str, room: &str) -> Vec<Value> {
@@ -315,4 +308,28 @@ async fn a_room_conference_is_refused_in_encrypted_rooms_and_to_foreign_domains(
     assert!(again.contains("exemple.com"), "the refused domain is named");
     assert_eq!(rooms_conferences(&app).await, 0);
     assert!(messages(&tc, &room).await.is_empty());
+}
+
+#[rocket::async_test]
+async fn a_room_conference_is_refused_when_no_line_is_free() {
+    let smtp = SmtpServer::start();
+    // One number and one-digit PINs: ten conferences this hour take every PIN.
+    let app = app(&smtp, |f| f.merge(("portal.audioconf.pin_length", 1))).await;
+    let settings = settings_of(&app);
+    for i in 0..10 {
+        book_direct(&app, &settings, i)
+            .await
+            .expect("one of the 10 PINs");
+    }
+    let (_, alice) = new_user("alice", PASSWORD, Some("Alice Martin")).await;
+    set_email(&alice, &format!("alice.{}@numerique.gouv.fr", random_tag())).await;
+    let ta = token_of(&alice, PASSWORD).await;
+    let room = create_room(&ta, json!({"name": "Plein", "preset": "public_chat"})).await;
+    log_in(&app.client, &alice, PASSWORD).await;
+    let (_, _, page) = get(&app.client, &room_path(&room)).await;
+    let (status, _, again) = press(&app.client, &room, &page).await;
+    assert_eq!(status, Status::UnprocessableEntity);
+    assert!(again.contains("Plus aucune ligne n’est libre pour ce jour"));
+    assert_eq!(rooms_conferences(&app).await, 0);
+    assert!(messages(&ta, &room).await.is_empty(), "nothing posted");
 }
