@@ -2,15 +2,37 @@
 //! HTTP client (a timeout on every call). Errors are sorted into what a page can say.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ruma::api::auth_scheme::{AuthScheme, SendAccessToken};
 use ruma::api::error::{Error as ApiError, ErrorKind, FromHttpResponseError};
 use ruma::api::path_builder::VersionHistory;
 use ruma::api::{IncomingResponse, MatrixVersion, OutgoingRequest, SupportedVersions};
+
+rocket::tokio::task_local! {
+    /// Time spent waiting on homeservers by the future `timed` runs.
+    static SPENT: Cell<Duration>;
+}
+
+/// Runs `f` and answers its output with the time its homeserver calls took (for the
+/// `Server-Timing` header: the portal's own time is the rest).
+pub async fn timed<T>(f: impl Future<Output = T>) -> (T, Duration) {
+    SPENT
+        .scope(Cell::new(Duration::ZERO), async {
+            let out = f.await;
+            (out, SPENT.with(Cell::get))
+        })
+        .await
+}
+
+fn spent(since: Instant) {
+    let _ = SPENT.try_with(|c| c.set(c.get() + since.elapsed()));
+}
 
 /// Why a homeserver call failed, as the pages tell it.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +170,7 @@ impl Hs {
         Resp: IncomingResponse<EndpointError = ApiError>,
     {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let (parts, body) = req.into_parts();
         let url = parts.uri.to_string();
         let res = self
@@ -167,6 +190,7 @@ impl Hs {
             .bytes()
             .await
             .map_err(|e| HsError::Unavailable(e.to_string()))?;
+        spent(started);
         self.received
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let mut response = http::Response::builder().status(status.as_u16());

@@ -18,6 +18,7 @@ use crate::crypto::Keys;
 use crate::db::Db;
 use crate::web::errors::AppError;
 use crate::web::form::Page;
+use crate::web::metrics::HomeserverTime;
 use crate::web::page::Ctx;
 
 use super::hs::{Hs, HsError};
@@ -308,11 +309,13 @@ pub async fn rooms(
     page: Option<i64>,
     fait: Option<&str>,
     chat: Chat<'_>,
+    timing: &HomeserverTime,
 ) -> Answer {
     let done = fait.filter(|f| *f == "left");
-    let result = rooms_page(&ctx, &user, page.unwrap_or(1), done, &chat)
-        .await
-        .map(Either::Left);
+    let (result, spent) =
+        super::hs::timed(rooms_page(&ctx, &user, page.unwrap_or(1), done, &chat)).await;
+    timing.set(spent);
+    let result = result.map(Either::Left);
     chat.reply(result, &ctx, &user, "/discussions").await
 }
 

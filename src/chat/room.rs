@@ -24,6 +24,7 @@ use crate::crypto;
 use crate::db::schema::{chat_media, chat_rooms};
 use crate::mail::Mailer;
 use crate::web::form::{FieldErrors, Page};
+use crate::web::metrics::HomeserverTime;
 use crate::web::page::Ctx;
 
 use super::pages::{display_name, room_path, Answer, Chat, Trouble};
@@ -375,8 +376,9 @@ pub async fn show(
     repondre: Option<&str>,
     auto: Option<bool>,
     fait: Option<&str>,
+    timing: &HomeserverTime,
 ) -> Answer {
-    let result = async {
+    let (result, spent) = crate::chat::hs::timed(async {
         let compose = Compose::fresh(repondre.map(str::to_owned))?;
         let view = View {
             before: avant,
@@ -385,9 +387,10 @@ pub async fn show(
             status: None,
         };
         page(&ctx, &user, &chat, room, view, compose).await
-    }
-    .await
-    .map(Either::Left);
+    })
+    .await;
+    timing.set(spent);
+    let result = result.map(Either::Left);
     chat.reply(result, &ctx, &user, &room_path(room)).await
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rocket::fairing::{Fairing, Info, Kind};
 use rocket::http::{ContentType, Status};
@@ -98,6 +98,32 @@ impl Metrics {
     }
 }
 
+/// Time a page spent waiting on the homeserver, set by its handler (`chat::hs::timed`): the
+/// response then carries `Server-Timing` with that time and the portal's own (the rest).
+#[derive(Default)]
+pub struct HomeserverTime(Mutex<Option<Duration>>);
+
+impl HomeserverTime {
+    pub fn set(&self, spent: Duration) {
+        if let Ok(mut t) = self.0.lock() {
+            *t = Some(spent);
+        }
+    }
+
+    fn get(&self) -> Option<Duration> {
+        self.0.lock().ok().and_then(|t| *t)
+    }
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for &'r HomeserverTime {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        Outcome::Success(req.local_cache(HomeserverTime::default))
+    }
+}
+
 /// Times each request and writes its log line and metrics.
 pub struct RequestLog;
 
@@ -118,7 +144,19 @@ impl Fairing for RequestLog {
 
     async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
         let started = req.local_cache(|| Started(Instant::now())).0;
-        let secs = started.elapsed().as_secs_f64();
+        let total = started.elapsed();
+        let secs = total.as_secs_f64();
+        if let Some(hs) = req.local_cache(HomeserverTime::default).get() {
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            res.set_raw_header(
+                "Server-Timing",
+                format!(
+                    "hs;desc=\"homeserver\";dur={:.3}, app;desc=\"portal\";dur={:.3}",
+                    ms(hs),
+                    ms(total.saturating_sub(hs))
+                ),
+            );
+        }
         // The route's template (`/room/<id>`), never the raw path: paths may carry tokens.
         let route = req
             .route()

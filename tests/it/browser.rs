@@ -60,25 +60,59 @@ pub fn journey(base: &str, steps: Vec<Value>) -> Vec<Value> {
     serde_json::from_slice(&output.stdout).expect("browser report")
 }
 
-/// Fails naming the page and the rule for every problem found.
+/// Fails naming the step, the page and the rule for every problem found on the portal's pages
+/// of a journey: axe (WCAG 2.1 A and AA), the checks of `structure` and `focusProblems` in
+/// tests/browser/audit.cjs, horizontal scrolling at 320 px, scripts, a page refreshing itself
+/// without being asked (`auto=true`), and the same title on two different pages.
 pub fn assert_accessible(report: &[Value]) {
     let mut problems = Vec::new();
-    for page in report {
+    let mut titles: std::collections::HashMap<&str, (&str, &str)> = Default::default();
+    for page in report.iter().filter(|p| p.get("problems").is_some()) {
         let name = page["name"].as_str().unwrap_or("?");
+        let url = page["url"].as_str().unwrap_or("?");
+        let mut fail = |rule: &str, what: String| {
+            problems.push(format!("step {name} ({url}): {rule}: {what}"))
+        };
         for v in page["violations"].as_array().into_iter().flatten() {
-            problems.push(format!(
-                "{name}: axe {} ({}) at {}",
-                v["id"], v["help"], v["nodes"]
-            ));
+            fail(
+                &format!("axe {}", v["id"].as_str().unwrap_or("?")),
+                format!("{} at {}", v["help"], v["nodes"]),
+            );
+        }
+        for p in page["problems"].as_array().into_iter().flatten() {
+            let p = p.as_str().unwrap_or("?");
+            let (rule, what) = p.split_once(": ").unwrap_or((p, ""));
+            fail(rule, what.to_owned());
         }
         if page["scrollWidth320"].as_i64() > page["clientWidth320"].as_i64() {
-            problems.push(format!(
-                "{name}: scrolls horizontally at 320 px ({} > {})",
-                page["scrollWidth320"], page["clientWidth320"]
-            ));
+            fail(
+                "reflow-320",
+                format!(
+                    "scrolls horizontally ({} > {} px)",
+                    page["scrollWidth320"], page["clientWidth320"]
+                ),
+            );
         }
         if page["scripts"].as_i64() != Some(0) {
-            problems.push(format!("{name}: has <script> elements"));
+            fail("no-script", "has <script> elements".into());
+        }
+        if !page["refresh"].is_null() && !url.contains("auto=true") {
+            fail(
+                "no-self-refresh",
+                format!("refreshes itself ({}) unasked", page["refresh"]),
+            );
+        }
+        // One title per page: the same title on two different paths is a problem.
+        let path = url.split(['?', '#']).next().unwrap_or(url);
+        let title = page["title"].as_str().unwrap_or("");
+        match titles.get(title) {
+            Some((other, other_path)) if *other_path != path => fail(
+                "unique-title",
+                format!("\"{title}\" is also the title of step {other} ({other_path})"),
+            ),
+            _ => {
+                titles.insert(title, (name, path));
+            }
         }
     }
     assert!(
@@ -232,12 +266,25 @@ async fn audioconf_journeys_by_email_and_with_tchap_in_chromium_without_javascri
         &base,
         vec![
             json!({"name": "audioconf-form", "path": "/audioconf"}),
+            json!({"name": "audioconf-form-error", "fill": {"#email": "camille.martin@gmail.com"},
+                   "check": ["#when-duration"], "select": {"#duration": "60"},
+                   "click": "#contenu button[type=submit]:not([formaction])"}),
             json!({"name": "audioconf-email-sent", "fill": {"#email": email},
                    "check": ["#when-duration"], "select": {"#duration": "60"},
                    "click": "#contenu button[type=submit]:not([formaction])"}),
         ],
     );
     assert_accessible(&report);
+    // A refused address: the title says so first, the address typed is kept.
+    let refused = step(&report, "audioconf-form-error");
+    assert_eq!(refused["status"], 422, "{refused}");
+    assert!(
+        refused["title"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Erreur : "),
+        "{refused}"
+    );
     let sent = step(&report, "audioconf-email-sent");
     assert!(
         sent["text"].as_str().unwrap_or_default().contains(email),
@@ -412,4 +459,241 @@ async fn tchap_web_leger_journey_in_chromium_without_javascript() {
         .contains("fait=created"));
     assert!(text("chat-left").contains("Vous avez quitté le salon."));
     assert!(!text("chat-left").contains("Salon du navigateur"));
+}
+
+#[rocket::async_test]
+async fn login_wrong_password_language_and_logout_in_chromium_without_javascript() {
+    use crate::common::matrix::new_user;
+    let password = "Bonne-porte-42";
+    let (_, user_id) = new_user("entree", password, Some("Inès Dupont [DINUM]")).await;
+    let (base, _db) = serve().await;
+    let report = journey(
+        &base,
+        vec![
+            json!({"name": "login-form", "path": "/connexion?next=%2Fmes-services"}),
+            json!({"name": "login-wrong-password", "fill": {"#identifier": user_id, "#password": "Mauvaise-porte-1"},
+                   "click": "#contenu button[type=submit]"}),
+            json!({"name": "login-right-password", "fill": {"#password": password},
+                   "click": "#contenu button[type=submit]"}),
+            json!({"name": "services-en", "click": "a[hreflang=en]"}),
+            json!({"name": "services-fr", "click": "a[hreflang=fr]"}),
+            json!({"name": "sitemap-logged-in", "click": "footer a[href=\"/plan-du-site\"]"}),
+            json!({"name": "logged-out", "click": "form[action=\"/deconnexion\"] button"}),
+            json!({"name": "services-after-logout", "path": "/mes-services"}),
+        ],
+    );
+    assert_accessible(&report);
+    let wrong = step(&report, "login-wrong-password");
+    assert!(
+        wrong["title"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Erreur : "),
+        "{wrong}"
+    );
+    // The identifier typed is kept; the summary names the problem.
+    let text = wrong["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("L’adresse ou le mot de passe est incorrect"),
+        "{text}"
+    );
+    let right = step(&report, "login-right-password");
+    assert!(right["url"]
+        .as_str()
+        .unwrap_or_default()
+        .ends_with("/mes-services"));
+    assert_eq!(right["title"], "Mes services connectés — Portail Tchap");
+    assert_eq!(
+        step(&report, "services-en")["title"],
+        "My connected services — Tchap Portal"
+    );
+    assert_eq!(
+        step(&report, "services-fr")["title"],
+        "Mes services connectés — Portail Tchap"
+    );
+    assert!(step(&report, "sitemap-logged-in")["text"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("Inès Dupont"));
+    let out = step(&report, "logged-out");
+    assert!(!out["text"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("Inès Dupont"));
+    // Logged out for real: the private page asks to log in again.
+    let after = step(&report, "services-after-logout");
+    assert!(
+        after["url"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/connexion"),
+        "{after}"
+    );
+}
+
+/// A state service's two pages, served by the test on its own port: a "Se connecter avec Tchap"
+/// link to the portal's /authorize, and the callback page that shows what came back.
+struct Service {
+    base: String,
+    verifier: String,
+}
+
+impl Service {
+    fn start(port: u16, issuer: &str, client_id: &str) -> Service {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+        let base = format!("http://127.0.0.1:{port}");
+        let verifier =
+            tchap_portal::crypto::b64url(&tchap_portal::crypto::random_bytes(32).expect("random"));
+        let challenge =
+            tchap_portal::crypto::b64url(&tchap_portal::crypto::sha256(verifier.as_bytes()));
+        let enc = tchap_portal::accounts::matrix::percent_encode;
+        let authorize = format!(
+            "{issuer}/authorize?response_type=code&client_id={client_id}&redirect_uri={}\
+             &scope=openid%20profile%20email&state=etat-42&nonce=n-42\
+             &code_challenge={challenge}&code_challenge_method=S256",
+            enc(&format!("{base}/cb"))
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut line = String::new();
+                let mut reader = BufReader::new(&stream);
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                while let Ok(n) = reader.read_line(&mut String::new()) {
+                    if n <= 2 {
+                        break;
+                    }
+                }
+                let target = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let body = if target.starts_with("/cb") {
+                    format!(
+                        "<h1>Retour au service</h1><p id=\"retour\">{}</p>",
+                        target.replace('<', "&lt;")
+                    )
+                } else {
+                    format!("<h1>Démarches</h1><p><a id=\"tchap\" href=\"{}\">Se connecter avec Tchap</a></p>", authorize.replace('&', "&amp;"))
+                };
+                let page = format!(
+                    "<!doctype html><html lang=\"fr\"><title>Service de l’État</title>{body}</html>"
+                );
+                let _ = write!(
+                    &stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+            }
+        });
+        Service { base, verifier }
+    }
+}
+
+#[rocket::async_test]
+async fn tchap_identite_journey_in_chromium_without_javascript() {
+    use crate::common::matrix::{new_user, set_email};
+    use chrono::Utc;
+    use tchap_portal::oidc::clients::{self, NewClient};
+
+    let (base, db) = serve().await;
+    let password = "Identite-pass-42";
+    let (_, user_id) = new_user("ident", password, Some("Nora Benali [DINUM]")).await;
+    set_email(&user_id, "nora.benali@numerique.gouv.fr").await;
+    let port = free_port();
+    let (c, secret) = clients::add(
+        &mut db.conn().await,
+        &NewClient {
+            name: "Démarches simplifiées".into(),
+            redirect_uris: vec![format!("http://127.0.0.1:{port}/cb")],
+            post_logout_redirect_uris: vec![],
+            public: false,
+            subject_type: "pairwise".into(),
+            id_token_alg: "ES256".into(),
+            userinfo_signed: false,
+        },
+        Utc::now(),
+    )
+    .await
+    .expect("client");
+    let service = Service::start(port, &base, &c.client_id);
+    let rp = |name: &str| json!({"name": name, "path": service.base, "audit": false});
+    let report = journey(
+        &base,
+        vec![
+            rp("rp-start"),
+            json!({"name": "identite-login", "click": "#tchap"}),
+            json!({"name": "identite-consent", "fill": {"#identifier": user_id, "#password": password},
+                   "click": "#contenu button[type=submit]"}),
+            json!({"name": "rp-refused", "click": "button[value=refuse]", "audit": false}),
+            rp("rp-again"),
+            json!({"name": "identite-consent-again", "click": "#tchap"}),
+            json!({"name": "rp-approved", "click": "button[value=approve]", "audit": false}),
+            json!({"name": "identite-services", "path": "/mes-services"}),
+            json!({"name": "identite-revoked", "click": "form[action$=\"/retirer\"] button"}),
+        ],
+    );
+    assert_accessible(&report);
+    // The consent page shows the values, not only their names.
+    let consent = step(&report, "identite-consent")["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for value in [
+        "Démarches simplifiées",
+        "Nora",
+        "Benali",
+        "nora.benali@numerique.gouv.fr",
+    ] {
+        assert!(
+            consent.contains(value),
+            "{value} on the consent page: {consent}"
+        );
+    }
+    let refused = step(&report, "rp-refused")["url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        refused.starts_with(&format!("{}/cb?", service.base)),
+        "{refused}"
+    );
+    assert!(refused.contains("error=access_denied") && refused.contains("state=etat-42"));
+    let approved = step(&report, "rp-approved")["url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let code = crate::oidc_flow::query(&approved)
+        .remove("code")
+        .unwrap_or_else(|| panic!("a code at the service: {approved}"));
+    // The code the browser brought back is good for tokens, once, with the PKCE verifier.
+    let tokens: Value = reqwest::Client::new()
+        .post(format!("{base}/token"))
+        .basic_auth(&c.client_id, Some(secret.expect("secret")))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", &format!("{}/cb", service.base)),
+            ("code_verifier", &service.verifier),
+        ])
+        .send()
+        .await
+        .expect("token request")
+        .json()
+        .await
+        .expect("token JSON");
+    assert!(tokens["id_token"].is_string(), "{tokens}");
+    let services = step(&report, "identite-services")["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(services.contains("Démarches simplifiées"), "{services}");
+    let revoked = step(&report, "identite-revoked")["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        revoked.contains("Votre accord pour Démarches simplifiées est retiré"),
+        "{revoked}"
+    );
+    assert!(!revoked.contains("Retirer mon accord"), "{revoked}");
 }

@@ -42,12 +42,20 @@ async fn home_is_a_dsfr_page_in_french_with_the_three_services() {
     for service in ["Tchap Identité", "AudioConf", "Tchap Web léger"] {
         assert!(html.contains(service), "{service} is listed");
     }
-    // Services not built yet say so, and link nowhere.
-    assert!(html.contains("Pas encore disponible"));
-    assert!(
-        html.contains("href=\"/mes-services\""),
-        "Tchap Identité is available"
-    );
+    // Each service card leads to it, and the main menu to every section.
+    for (href, service) in [
+        ("/mes-services", "Tchap Identité"),
+        ("/audioconf", "AudioConf"),
+        ("/discussions", "Tchap Web léger"),
+    ] {
+        assert!(
+            html.matches(&format!("href=\"{href}\"")).count() >= 2,
+            "{service}: a card link and a menu entry"
+        );
+    }
+    assert!(html.contains("<nav class=\"fr-nav\" id=\"menu\""));
+    assert!(html.contains("href=\"/\" aria-current=\"page\""));
+    assert!(!html.contains("Pas encore disponible"));
     for link in [
         "href=\"#contenu\"",
         "href=\"#pied-de-page\"",
