@@ -60,8 +60,12 @@ async function focusProblems(page) {
     const f = await page.evaluate(() => {
       const e = document.activeElement;
       if (!e || e === document.body) return null;
-      const s = getComputedStyle(e);
-      const ring = (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0) || s.boxShadow !== 'none';
+      // The ring may be drawn by a pseudo-element: the DSFR's enlarged links (fr-enlarge-link)
+      // put it on the link's ::before, which covers the whole block.
+      const ring = [null, '::before', '::after'].some((pseudo) => {
+        const st = getComputedStyle(e, pseudo);
+        return (st.outlineStyle !== 'none' && parseFloat(st.outlineWidth) > 0) || st.boxShadow !== 'none';
+      });
       return { ring, what: `${e.tagName.toLowerCase()}${e.id ? '#' + e.id : ''} "${(e.textContent || e.name || '').trim().slice(0, 30)}"` };
     });
     if (!f) break;

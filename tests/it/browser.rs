@@ -628,8 +628,6 @@ async fn tchap_identite_journey_in_chromium_without_javascript() {
             rp("rp-again"),
             json!({"name": "identite-consent-again", "click": "#tchap"}),
             json!({"name": "rp-approved", "click": "button[value=approve]", "audit": false}),
-            json!({"name": "identite-services", "path": "/mes-services"}),
-            json!({"name": "identite-revoked", "click": "form[action$=\"/retirer\"] button"}),
         ],
     );
     assert_accessible(&report);
@@ -682,6 +680,37 @@ async fn tchap_identite_journey_in_chromium_without_javascript() {
         .await
         .expect("token JSON");
     assert!(tokens["id_token"].is_string(), "{tokens}");
+    let access = tokens["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_owned();
+    let userinfo = |token: String| {
+        let base = base.clone();
+        async move {
+            reqwest::Client::new()
+                .get(format!("{base}/userinfo"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("userinfo")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(userinfo(access.clone()).await, 200);
+
+    // Later, from another browser: "Mes services connectés" → revoke; the service loses access.
+    let report = journey(
+        &base,
+        vec![
+            json!({"name": "identite-login-later", "path": "/connexion?next=%2Fmes-services"}),
+            json!({"name": "identite-services", "fill": {"#identifier": user_id, "#password": password},
+                   "click": "#contenu button[type=submit]"}),
+            json!({"name": "identite-revoked", "click": "form[action$=\"/retirer\"] button"}),
+        ],
+    );
+    assert_accessible(&report);
+    assert_eq!(userinfo(access).await, 401, "the revoked service's token");
     let services = step(&report, "identite-services")["text"]
         .as_str()
         .unwrap_or_default()
