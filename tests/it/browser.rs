@@ -164,17 +164,18 @@ async fn home_error_page_and_language_switch_in_chromium_without_javascript() {
     assert_accessible(&report);
 }
 
-#[rocket::async_test]
-async fn a_third_party_relying_party_library_completes_a_flow() {
-    use chrono::Utc;
+/// A confidential client (pairwise, ES256) whose redirect URI is `/cb` on a free port: answers
+/// the port, the client and its secret.
+async fn state_service(
+    db: &TestDb,
+    name: &str,
+) -> (u16, tchap_portal::oidc::clients::Client, String) {
     use tchap_portal::oidc::clients::{self, NewClient};
-
-    let (base, db) = serve().await;
     let port = free_port();
     let (c, secret) = clients::add(
         &mut db.conn().await,
         &NewClient {
-            name: "Service de test (openid-client)".into(),
+            name: name.into(),
             redirect_uris: vec![format!("http://127.0.0.1:{port}/cb")],
             post_logout_redirect_uris: vec![],
             public: false,
@@ -182,15 +183,22 @@ async fn a_third_party_relying_party_library_completes_a_flow() {
             id_token_alg: "ES256".into(),
             userinfo_signed: false,
         },
-        Utc::now(),
+        chrono::Utc::now(),
     )
     .await
     .expect("client");
+    (port, c, secret.expect("a confidential client's secret"))
+}
+
+#[rocket::async_test]
+async fn a_third_party_relying_party_library_completes_a_flow() {
+    let (base, db) = serve().await;
+    let (port, c, secret) = state_service(&db, "Service de test (openid-client)").await;
     let password = "Correct-horse-42";
     let (_, user_id) =
         crate::common::matrix::new_user("rp", password, Some("Camille Durand [DINUM]")).await;
     let spec = json!({
-        "issuer": base, "client_id": c.client_id, "client_secret": secret.expect("secret"),
+        "issuer": base, "client_id": c.client_id, "client_secret": secret,
         "port": port, "identifier": user_id, "password": password,
     });
     let output = rocket::tokio::task::spawn_blocking(move || {
@@ -592,29 +600,11 @@ impl Service {
 #[rocket::async_test]
 async fn tchap_identite_journey_in_chromium_without_javascript() {
     use crate::common::matrix::{new_user, set_email};
-    use chrono::Utc;
-    use tchap_portal::oidc::clients::{self, NewClient};
-
     let (base, db) = serve().await;
     let password = "Identite-pass-42";
     let (_, user_id) = new_user("ident", password, Some("Nora Benali [DINUM]")).await;
     set_email(&user_id, "nora.benali@numerique.gouv.fr").await;
-    let port = free_port();
-    let (c, secret) = clients::add(
-        &mut db.conn().await,
-        &NewClient {
-            name: "Démarches simplifiées".into(),
-            redirect_uris: vec![format!("http://127.0.0.1:{port}/cb")],
-            post_logout_redirect_uris: vec![],
-            public: false,
-            subject_type: "pairwise".into(),
-            id_token_alg: "ES256".into(),
-            userinfo_signed: false,
-        },
-        Utc::now(),
-    )
-    .await
-    .expect("client");
+    let (port, c, secret) = state_service(&db, "Démarches simplifiées").await;
     let service = Service::start(port, &base, &c.client_id);
     let rp = |name: &str| json!({"name": name, "path": service.base, "audit": false});
     let report = journey(
@@ -666,7 +656,7 @@ async fn tchap_identite_journey_in_chromium_without_javascript() {
     // The code the browser brought back is good for tokens, once, with the PKCE verifier.
     let tokens: Value = reqwest::Client::new()
         .post(format!("{base}/token"))
-        .basic_auth(&c.client_id, Some(secret.expect("secret")))
+        .basic_auth(&c.client_id, Some(secret))
         .form(&[
             ("grant_type", "authorization_code"),
             ("code", code.as_str()),
