@@ -1,11 +1,13 @@
 //! `/.well-known/openid-configuration` and the JWKS.
 
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
 use chrono::Utc;
-use rocket::serde::json::Json;
+use rocket::http::ContentType;
 use rocket::{get, State};
 use serde_json::{json, Value};
 
-use crate::config::Config;
 use crate::db::Db;
 use crate::web::errors::AppError;
 
@@ -54,13 +56,57 @@ pub fn document(issuer: &str) -> Value {
     })
 }
 
+/// The discovery document, serialised once at start (it only depends on the settings).
+pub struct DiscoveryDoc(String);
+
+impl DiscoveryDoc {
+    pub fn new(issuer: &str) -> DiscoveryDoc {
+        DiscoveryDoc(document(issuer).to_string())
+    }
+}
+
 #[get("/.well-known/openid-configuration")]
-pub fn openid_configuration(config: &State<Config>) -> Json<Value> {
-    Json(document(config.public_url()))
+pub fn openid_configuration(doc: &State<DiscoveryDoc>) -> (ContentType, String) {
+    (ContentType::JSON, doc.0.clone())
+}
+
+/// How long a JWKS read from the database is served again. Short, so that every instance
+/// publishes a rotation's new keys within a second, long before any instance signs with them
+/// (signers pick new keys up at their next refresh, every minute); under load it spares the
+/// database one query per request.
+const JWKS_TTL: Duration = Duration::from_secs(1);
+
+/// The JWKS last read, and when.
+#[derive(Default)]
+pub struct JwksCache(RwLock<Option<(Instant, Arc<str>)>>);
+
+impl JwksCache {
+    fn fresh(&self) -> Option<Arc<str>> {
+        let cached = self.0.read().ok()?;
+        let (at, doc) = cached.as_ref()?;
+        (at.elapsed() < JWKS_TTL).then(|| doc.clone())
+    }
+
+    fn store(&self, doc: Arc<str>) {
+        if let Ok(mut cached) = self.0.write() {
+            *cached = Some((Instant::now(), doc));
+        }
+    }
 }
 
 #[get("/jwks.json")]
-pub async fn jwks(db: &State<Db>) -> Result<Json<Value>, AppError> {
+pub async fn jwks(
+    db: &State<Db>,
+    cache: &State<JwksCache>,
+) -> Result<(ContentType, String), AppError> {
+    if let Some(doc) = cache.fresh() {
+        return Ok((ContentType::JSON, doc.to_string()));
+    }
     let mut conn = db.get().await?;
-    Ok(Json(super::keys::jwks(&mut conn, Utc::now()).await?))
+    let doc: Arc<str> = super::keys::jwks(&mut conn, Utc::now())
+        .await?
+        .to_string()
+        .into();
+    cache.store(doc.clone());
+    Ok((ContentType::JSON, doc.to_string()))
 }

@@ -28,6 +28,7 @@ const KEY_REFRESH: Duration = Duration::from_secs(60);
 
 pub fn stage(config: &Config) -> AdHoc {
     let keys = Keys::new(&config.secret_key);
+    let discovery_doc = discovery::DiscoveryDoc::new(config.public_url());
     AdHoc::try_on_ignite("Tchap Identité", |rocket| async move {
         let ring = keys::KeyRing::default();
         let loaded = match rocket.state::<Db>() {
@@ -48,6 +49,8 @@ pub fn stage(config: &Config) -> AdHoc {
         let refresher = ring.clone();
         Ok(rocket
             .manage(ring)
+            .manage(discovery_doc)
+            .manage(discovery::JwksCache::default())
             .mount(
                 "/",
                 rocket::routes![

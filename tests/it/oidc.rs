@@ -99,6 +99,8 @@ async fn key_rotation_keeps_old_public_keys_until_their_tokens_expire() {
     let fig = figment(&app.db);
     let out = cli::run(&args("keys rotate"), &fig).await.expect("rotated");
     assert!(out.contains("new signing keys"));
+    // A rotation made by another process is published within a second (the JWKS cache).
+    rocket::tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let after = json(&app, "/jwks.json").await;
     let after = after["keys"].as_array().expect("keys");
     assert_eq!(
