@@ -6,7 +6,18 @@ use tchap_portal::{cli, config};
 
 #[rocket::main]
 async fn main() -> ExitCode {
+    // Log lines go to stdout from a thread of their own, through a buffer it flushes whenever it
+    // has nothing more to write: a request never waits on a write(2), and under load one write
+    // carries many lines. Nothing is dropped (a full queue slows the logging side instead), and
+    // the guard flushes what is left when `main` returns.
+    let (writer, _flush_at_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
     tracing_subscriber::fmt()
+        .with_writer(writer)
         .json()
         .flatten_event(true)
         .with_current_span(false)

@@ -3,12 +3,13 @@
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bytea, Nullable, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
 
 use crate::config::AudioconfSettings;
 use crate::crypto::{self, Keys};
-use crate::db::schema::{audioconf_conferences, audioconf_requests as req};
+use crate::db::schema::audioconf_requests as req;
 use crate::mail::{self, Mail, Mailer};
 use crate::web::i18n::Lang;
 
@@ -58,28 +59,60 @@ fn ip_hmac(keys: &Keys, ip: Option<std::net::IpAddr>) -> Result<Vec<u8>, crypto:
     keys.hmac("audioconf-ip", ip.as_bytes())
 }
 
-/// Requests and Tchap bookings for this address in the last 24 hours.
+/// How many of the last 24 hours' requests the daily limits see, each count stopping at its
+/// limit (`LIMIT`, so a flood from one address costs no more than the limit's worth of index
+/// entries), in one statement.
+#[derive(QueryableByName)]
+struct Counts {
+    #[diesel(sql_type = BigInt)]
+    by_email: i64,
+    #[diesel(sql_type = BigInt)]
+    direct: i64,
+    #[diesel(sql_type = BigInt)]
+    by_ip: i64,
+}
+
+/// Whether the address (its requests and Tchap bookings) and the client address (its requests)
+/// reached their daily limits: `(email, ip)`. Without `ip_mac`, only the address is counted.
+async fn over_limits(
+    conn: &mut AsyncPgConnection,
+    settings: &AudioconfSettings,
+    email_mac: &[u8],
+    ip_mac: Option<&[u8]>,
+    now: DateTime<Utc>,
+) -> QueryResult<(bool, bool)> {
+    let max_email = settings.max_requests_per_email;
+    let max_ip = settings.max_requests_per_ip;
+    let c: Counts = diesel::sql_query(
+        "SELECT
+             (SELECT count(*) FROM (SELECT 1 FROM audioconf_requests
+                 WHERE email_hmac = $1 AND created_at > $2 LIMIT $3) e) AS by_email,
+             (SELECT count(*) FROM (SELECT 1 FROM audioconf_conferences
+                 WHERE email_hmac = $1 AND via <> 'email' AND created_at > $2 LIMIT $3) d) AS direct,
+             (SELECT count(*) FROM (SELECT 1 FROM audioconf_requests
+                 WHERE ip_hmac = $4 AND created_at > $2 LIMIT $5) i) AS by_ip",
+    )
+    .bind::<Bytea, _>(email_mac)
+    .bind::<Timestamptz, _>(now - Duration::hours(24))
+    .bind::<BigInt, _>(max_email)
+    .bind::<Nullable<Bytea>, _>(ip_mac)
+    .bind::<BigInt, _>(max_ip)
+    .get_result(conn)
+    .await?;
+    Ok((
+        c.by_email + c.direct >= max_email,
+        ip_mac.is_some() && c.by_ip >= max_ip,
+    ))
+}
+
+/// Whether this address reached its daily limit (requests and Tchap bookings of the last 24 h).
 pub async fn over_email_limit(
     conn: &mut AsyncPgConnection,
     settings: &AudioconfSettings,
     email_mac: &[u8],
     now: DateTime<Utc>,
 ) -> QueryResult<bool> {
-    let since = now - Duration::hours(24);
-    let requests: i64 = req::table
-        .filter(req::email_hmac.eq(email_mac))
-        .filter(req::created_at.gt(since))
-        .count()
-        .get_result(conn)
-        .await?;
-    let direct: i64 = audioconf_conferences::table
-        .filter(audioconf_conferences::email_hmac.eq(email_mac))
-        .filter(audioconf_conferences::via.ne("email"))
-        .filter(audioconf_conferences::created_at.gt(since))
-        .count()
-        .get_result(conn)
-        .await?;
-    Ok(requests + direct >= settings.max_requests_per_email)
+    Ok(over_limits(conn, settings, email_mac, None, now).await?.0)
 }
 
 /// Records the request and queues the mail with its link. `Err(Limited)` when a daily limit is
@@ -98,17 +131,10 @@ pub async fn create(
 ) -> Result<Result<(), Limited>, BookError> {
     let email_mac = booking::email_hmac(keys, email)?;
     let ip_mac = ip_hmac(keys, ip)?;
-    if over_email_limit(conn, settings, &email_mac, now).await? {
-        return Ok(Err(Limited::Email));
-    }
-    let from_ip: i64 = req::table
-        .filter(req::ip_hmac.eq(&ip_mac))
-        .filter(req::created_at.gt(now - Duration::hours(24)))
-        .count()
-        .get_result(conn)
-        .await?;
-    if from_ip >= settings.max_requests_per_ip {
-        return Ok(Err(Limited::Ip));
+    match over_limits(conn, settings, &email_mac, Some(&ip_mac), now).await? {
+        (true, _) => return Ok(Err(Limited::Email)),
+        (_, true) => return Ok(Err(Limited::Ip)),
+        _ => {}
     }
     let token = crypto::random_token(32)?;
     let (day, minutes) = match choice {

@@ -180,8 +180,9 @@ pub async fn refresh(
     req.filter = Some(Filter::FilterDefinition(filter()));
     req.timeout = Some(Duration::ZERO);
     req.since = since;
+    let since = req.since.clone();
     let res = hs.send(homeserver, token, req).await?;
-    apply(conn, session_id, me, res).await?;
+    apply(conn, session_id, me, since.as_deref(), res).await?;
     Ok(())
 }
 
@@ -189,8 +190,22 @@ async fn apply(
     conn: &mut AsyncPgConnection,
     session_id: i64,
     me: &str,
+    since: Option<&str>,
     res: sync::Response,
 ) -> Result<(), diesel::result::Error> {
+    // Nothing happened since the last sync (the usual case when a page is read again): nothing to
+    // write, and no transaction to open.
+    let quiet = res.rooms.join.is_empty()
+        && res.rooms.invite.is_empty()
+        && res.rooms.leave.is_empty()
+        && res.account_data.events.is_empty();
+    if quiet {
+        if since == Some(res.next_batch.as_str()) {
+            return Ok(());
+        }
+        // Only the position moved: one statement, atomic by itself.
+        return save_position(conn, session_id, &res.next_batch).await;
+    }
     let existing: Vec<RoomRow> = chat_rooms::table
         .filter(chat_rooms::session_id.eq(session_id))
         .select(RoomRow::as_select())
@@ -314,23 +329,32 @@ async fn apply(
             .execute(conn)
             .await?;
         }
-        diesel::insert_into(chat_sync::table)
-            .values((
-                chat_sync::session_id.eq(session_id),
-                chat_sync::next_batch.eq(&res.next_batch),
-                chat_sync::synced_at.eq(Utc::now()),
-            ))
-            .on_conflict(chat_sync::session_id)
-            .do_update()
-            .set((
-                chat_sync::next_batch.eq(&res.next_batch),
-                chat_sync::synced_at.eq(Utc::now()),
-            ))
-            .execute(conn)
-            .await?;
-        Ok(())
+        save_position(conn, session_id, &res.next_batch).await
     })
     .await
+}
+
+/// Where the next incremental sync starts.
+async fn save_position(
+    conn: &mut AsyncPgConnection,
+    session_id: i64,
+    next_batch: &str,
+) -> Result<(), diesel::result::Error> {
+    diesel::insert_into(chat_sync::table)
+        .values((
+            chat_sync::session_id.eq(session_id),
+            chat_sync::next_batch.eq(next_batch),
+            chat_sync::synced_at.eq(Utc::now()),
+        ))
+        .on_conflict(chat_sync::session_id)
+        .do_update()
+        .set((
+            chat_sync::next_batch.eq(next_batch),
+            chat_sync::synced_at.eq(Utc::now()),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// After a read receipt: nothing unread in this room any more (the next sync agrees).

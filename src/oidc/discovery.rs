@@ -1,11 +1,13 @@
 //! `/.well-known/openid-configuration` and the JWKS.
 
+use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rocket::http::ContentType;
-use rocket::{get, State};
+use rocket::response::{self, Responder};
+use rocket::{get, Request, Response, State};
 use serde_json::{json, Value};
 
 use crate::db::Db;
@@ -66,8 +68,29 @@ impl DiscoveryDoc {
 }
 
 #[get("/.well-known/openid-configuration")]
-pub fn openid_configuration(doc: &State<DiscoveryDoc>) -> (ContentType, String) {
-    (ContentType::JSON, doc.0.clone())
+pub fn openid_configuration(doc: &State<DiscoveryDoc>) -> (ContentType, &str) {
+    (ContentType::JSON, &doc.0)
+}
+
+/// A JSON document shared by every request that serves it (no copy per request).
+pub struct SharedJson(Arc<str>);
+
+impl<'r> Responder<'r, 'static> for SharedJson {
+    fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
+        let len = self.0.len();
+        Response::build()
+            .header(ContentType::JSON)
+            .sized_body(len, Cursor::new(ArcBytes(self.0)))
+            .ok()
+    }
+}
+
+struct ArcBytes(Arc<str>);
+
+impl AsRef<[u8]> for ArcBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 /// How long a JWKS read from the database is served again. Short, so that every instance
@@ -95,12 +118,9 @@ impl JwksCache {
 }
 
 #[get("/jwks.json")]
-pub async fn jwks(
-    db: &State<Db>,
-    cache: &State<JwksCache>,
-) -> Result<(ContentType, String), AppError> {
+pub async fn jwks(db: &State<Db>, cache: &State<JwksCache>) -> Result<SharedJson, AppError> {
     if let Some(doc) = cache.fresh() {
-        return Ok((ContentType::JSON, doc.to_string()));
+        return Ok(SharedJson(doc));
     }
     let mut conn = db.get().await?;
     let doc: Arc<str> = super::keys::jwks(&mut conn, Utc::now())
@@ -108,5 +128,5 @@ pub async fn jwks(
         .to_string()
         .into();
     cache.store(doc.clone());
-    Ok((ContentType::JSON, doc.to_string()))
+    Ok(SharedJson(doc))
 }

@@ -7,7 +7,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::{Map, Value};
 
 use crate::crypto;
-use crate::db::schema::{oidc_codes, oidc_consents, oidc_grants, oidc_shares, oidc_tokens};
+use crate::db::schema::{oidc_clients, oidc_codes, oidc_consents, oidc_grants, oidc_tokens};
+
+use super::clients::Client;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = oidc_grants)]
@@ -101,47 +103,40 @@ pub async fn issue_code(
     code_ttl: Duration,
     now: DateTime<Utc>,
 ) -> Result<String, crate::web::errors::AppError> {
+    use diesel::sql_types::{Array, Bytea, Jsonb, Nullable, Text, Timestamptz};
     let code = crypto::random_token(32)?;
     let hash = crypto::sha256(code.as_bytes());
-    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
-        let grant_id: i64 = diesel::insert_into(oidc_grants::table)
-            .values((
-                oidc_grants::client_id.eq(g.client_id),
-                oidc_grants::matrix_user_id.eq(g.matrix_user_id),
-                oidc_grants::sid.eq(g.sid),
-                oidc_grants::scopes.eq(g.scopes.iter().cloned().map(Some).collect::<Vec<_>>()),
-                oidc_grants::claims.eq(Value::Object(g.claims.clone())),
-                oidc_grants::nonce.eq(g.nonce),
-                oidc_grants::auth_time.eq(g.auth_time),
-                oidc_grants::amr.eq(g.amr.iter().cloned().map(Some).collect::<Vec<_>>()),
-                oidc_grants::created_at.eq(now),
-            ))
-            .returning(oidc_grants::id)
-            .get_result(conn)
-            .await?;
-        diesel::insert_into(oidc_codes::table)
-            .values((
-                oidc_codes::code_hash.eq(&hash),
-                oidc_codes::grant_id.eq(grant_id),
-                oidc_codes::redirect_uri.eq(g.redirect_uri),
-                oidc_codes::code_challenge.eq(g.code_challenge),
-                oidc_codes::expires_at.eq(now + code_ttl),
-            ))
-            .execute(conn)
-            .await?;
-        let mut shared: Vec<Option<String>> = vec![Some("sub".into())];
-        shared.extend(g.claims.keys().cloned().map(Some));
-        diesel::insert_into(oidc_shares::table)
-            .values((
-                oidc_shares::client_id.eq(g.client_id),
-                oidc_shares::matrix_user_id.eq(g.matrix_user_id),
-                oidc_shares::claims.eq(shared),
-                oidc_shares::shared_at.eq(now),
-            ))
-            .execute(conn)
-            .await?;
-        Ok(())
-    })
+    let mut shared: Vec<Option<String>> = vec![Some("sub".into())];
+    shared.extend(g.claims.keys().cloned().map(Some));
+    // The grant, its code and the record of what was shared, in one statement: atomic without a
+    // transaction, and one round trip instead of five on every authorization.
+    diesel::sql_query(
+        "WITH g AS (
+             INSERT INTO oidc_grants
+                 (client_id, matrix_user_id, sid, scopes, claims, nonce, auth_time, amr, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             RETURNING id),
+         c AS (
+             INSERT INTO oidc_codes (code_hash, grant_id, redirect_uri, code_challenge, expires_at)
+             SELECT $10, g.id, $11, $12, $13 FROM g)
+         INSERT INTO oidc_shares (client_id, matrix_user_id, claims, shared_at)
+         VALUES ($1, $2, $14, $9)",
+    )
+    .bind::<Text, _>(g.client_id)
+    .bind::<Text, _>(g.matrix_user_id)
+    .bind::<Text, _>(g.sid)
+    .bind::<Array<Nullable<Text>>, _>(g.scopes.iter().cloned().map(Some).collect::<Vec<_>>())
+    .bind::<Jsonb, _>(Value::Object(g.claims.clone()))
+    .bind::<Nullable<Text>, _>(g.nonce)
+    .bind::<Timestamptz, _>(g.auth_time)
+    .bind::<Array<Nullable<Text>>, _>(g.amr.iter().cloned().map(Some).collect::<Vec<_>>())
+    .bind::<Timestamptz, _>(now)
+    .bind::<Bytea, _>(&hash)
+    .bind::<Text, _>(g.redirect_uri)
+    .bind::<Nullable<Text>, _>(g.code_challenge)
+    .bind::<Timestamptz, _>(now + code_ttl)
+    .bind::<Array<Nullable<Text>>, _>(shared)
+    .execute(conn)
     .await?;
     Ok(code)
 }
@@ -166,60 +161,58 @@ pub async fn redeem_code(
     now: DateTime<Utc>,
 ) -> Result<Result<Redeemed, RedeemError>, diesel::result::Error> {
     let hash = crypto::sha256(code.as_bytes());
-    conn.transaction(async |conn| {
-        // Marking it used and reading it is one statement: two concurrent uses cannot both win.
-        let claimed: Option<(i64, String, Option<String>, DateTime<Utc>)> = diesel::update(
-            oidc_codes::table
-                .filter(oidc_codes::code_hash.eq(&hash))
-                .filter(oidc_codes::used_at.is_null()),
-        )
-        .set(oidc_codes::used_at.eq(now))
-        .returning((
-            oidc_codes::grant_id,
-            oidc_codes::redirect_uri,
-            oidc_codes::code_challenge,
-            oidc_codes::expires_at,
-        ))
-        .get_result(conn)
-        .await
-        .optional()?;
-        let Some((grant_id, redirect_uri, code_challenge, expires_at)) = claimed else {
-            let used: Option<i64> = oidc_codes::table
-                .filter(oidc_codes::code_hash.eq(&hash))
-                .select(oidc_codes::grant_id)
-                .first(conn)
-                .await
-                .optional()?;
-            return Ok(match used {
-                Some(grant_id) => {
-                    revoke_grant(conn, grant_id, now).await?;
-                    Err(RedeemError::Replayed)
-                }
-                None => Err(RedeemError::Unknown),
-            });
-        };
-        if expires_at <= now {
-            return Ok(Err(RedeemError::Expired));
-        }
-        let grant: Grant = oidc_grants::table
-            .find(grant_id)
-            .filter(oidc_grants::revoked_at.is_null())
-            .select(Grant::as_select())
+    // Marking it used and reading it is one statement: two concurrent uses cannot both win.
+    let claimed: Option<(i64, String, Option<String>, DateTime<Utc>)> = diesel::update(
+        oidc_codes::table
+            .filter(oidc_codes::code_hash.eq(&hash))
+            .filter(oidc_codes::used_at.is_null()),
+    )
+    .set(oidc_codes::used_at.eq(now))
+    .returning((
+        oidc_codes::grant_id,
+        oidc_codes::redirect_uri,
+        oidc_codes::code_challenge,
+        oidc_codes::expires_at,
+    ))
+    .get_result(conn)
+    .await
+    .optional()?;
+    let Some((grant_id, redirect_uri, code_challenge, expires_at)) = claimed else {
+        let used: Option<i64> = oidc_codes::table
+            .filter(oidc_codes::code_hash.eq(&hash))
+            .select(oidc_codes::grant_id)
             .first(conn)
             .await
-            .optional()?
-            .ok_or(diesel::result::Error::NotFound)?;
-        Ok(Ok(Redeemed {
+            .optional()?;
+        return Ok(match used {
+            Some(grant_id) => {
+                conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+                    revoke_grant(conn, grant_id, now).await
+                })
+                .await?;
+                Err(RedeemError::Replayed)
+            }
+            None => Err(RedeemError::Unknown),
+        });
+    };
+    if expires_at <= now {
+        return Ok(Err(RedeemError::Expired));
+    }
+    // The code is spent from here on, whatever follows: a revoked grant gives nothing.
+    let grant: Option<Grant> = oidc_grants::table
+        .find(grant_id)
+        .filter(oidc_grants::revoked_at.is_null())
+        .select(Grant::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(grant
+        .map(|grant| Redeemed {
             grant,
             redirect_uri,
             code_challenge,
-        }))
-    })
-    .await
-    .or_else(|e| match e {
-        diesel::result::Error::NotFound => Ok(Err(RedeemError::Unknown)),
-        e => Err(e),
-    })
+        })
+        .ok_or(RedeemError::Unknown))
 }
 
 /// Revokes a grant and every token it gave.
@@ -257,8 +250,9 @@ pub async fn issue_tokens(
 ) -> Result<(String, String), crate::web::errors::AppError> {
     let access = crypto::random_token(32)?;
     let refresh = crypto::random_token(32)?;
+    // A fixed-size batch (not a `Vec`): the statement is prepared once per connection.
     diesel::insert_into(oidc_tokens::table)
-        .values(vec![
+        .values([
             (
                 oidc_tokens::token_hash.eq(crypto::sha256(access.as_bytes())),
                 oidc_tokens::kind.eq("access"),
@@ -279,21 +273,22 @@ pub async fn issue_tokens(
     Ok((access, refresh))
 }
 
-/// The live grant behind a token of `kind`, if the token is valid now.
-pub async fn grant_for_token(
+/// The grant of a live access token with its client, in one query (userinfo's only one): the
+/// token, the grant and the client must all still exist, unrevoked.
+pub async fn grant_and_client_for_access_token(
     conn: &mut AsyncPgConnection,
     token: &str,
-    kind: &str,
     now: DateTime<Utc>,
-) -> QueryResult<Option<Grant>> {
+) -> QueryResult<Option<(Grant, Client)>> {
     oidc_tokens::table
         .inner_join(oidc_grants::table)
+        .inner_join(oidc_clients::table.on(oidc_clients::client_id.eq(oidc_grants::client_id)))
         .filter(oidc_tokens::token_hash.eq(crypto::sha256(token.as_bytes())))
-        .filter(oidc_tokens::kind.eq(kind))
+        .filter(oidc_tokens::kind.eq("access"))
         .filter(oidc_tokens::expires_at.gt(now))
         .filter(oidc_tokens::revoked_at.is_null())
         .filter(oidc_grants::revoked_at.is_null())
-        .select(Grant::as_select())
+        .select((Grant::as_select(), Client::as_select()))
         .first(conn)
         .await
         .optional()

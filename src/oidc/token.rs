@@ -429,14 +429,14 @@ async fn userinfo(
     let Ok(mut conn) = db.get().await else {
         return Api::unavailable();
     };
-    let grant = match grants::grant_for_token(&mut conn, &token, "access", Utc::now()).await {
-        Ok(Some(g)) => g,
-        Ok(None) => return invalid("unknown, expired or revoked token"),
-        Err(_) => return Api::unavailable(),
-    };
-    let Ok(Some(client)) = clients::find(&mut conn, &grant.client_id).await else {
-        return invalid("the client is no longer registered");
-    };
+    let (grant, client) =
+        match grants::grant_and_client_for_access_token(&mut conn, &token, Utc::now()).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return invalid("unknown, expired or revoked token"),
+            Err(_) => return Api::unavailable(),
+        };
+    // The connection goes back to the pool before the answer is built (and maybe signed).
+    drop(conn);
     let mut body = json!({ "sub": claims::subject(keys, &client.subject_type, &client.client_id, &grant.matrix_user_id) });
     if let (Some(b), Some(c)) = (body.as_object_mut(), grant.claims.as_object()) {
         b.extend(c.clone());

@@ -1,14 +1,14 @@
 //! One structured log line per request, and Prometheus metrics (requests and latency by route,
 //! outbox pending/failed) on `/metrics`, restricted to configured addresses or a bearer token.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rocket::fairing::{Fairing, Info, Kind};
-use rocket::http::{ContentType, Status};
+use rocket::http::{ContentType, Method, Status};
 use rocket::request::{FromRequest, Outcome};
 use rocket::{Data, Request, Response, State};
 
@@ -25,19 +25,25 @@ struct Series {
     buckets: [u64; BUCKETS.len()],
 }
 
+/// Series by route template, then by method and status: recording a request allocates only the
+/// first time its route is seen.
+type ByStatus = HashMap<(Method, u16), Series>;
+
 #[derive(Default)]
 pub struct Metrics {
-    by_route: Mutex<BTreeMap<(String, String, u16), Series>>,
+    by_route: Mutex<HashMap<String, ByStatus>>,
 }
 
 impl Metrics {
-    fn observe(&self, method: &str, route: &str, status: u16, secs: f64) {
+    fn observe(&self, method: Method, route: &str, status: u16, secs: f64) {
         let Ok(mut map) = self.by_route.lock() else {
             return;
         };
-        let s = map
-            .entry((method.to_owned(), route.to_owned(), status))
-            .or_default();
+        let statuses = match map.get_mut(route) {
+            Some(s) => s,
+            None => map.entry(route.to_owned()).or_default(),
+        };
+        let s = statuses.entry((method, status)).or_default();
         s.count += 1;
         s.sum += secs;
         for (i, bound) in BUCKETS.iter().enumerate() {
@@ -51,10 +57,19 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP portal_http_requests_total HTTP requests by route and status.\n");
         out.push_str("# TYPE portal_http_requests_total counter\n");
-        let map = match self.by_route.lock() {
+        let by_route = match self.by_route.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
+        // Sorted, so that the page reads the same from one scrape to the next.
+        let map: BTreeMap<(&str, &str, u16), &Series> = by_route
+            .iter()
+            .flat_map(|(route, statuses)| {
+                statuses
+                    .iter()
+                    .map(move |((m, st), s)| ((m.as_str(), route.as_str(), *st), s))
+            })
+            .collect();
         for ((m, r, st), s) in map.iter() {
             let _ = writeln!(
                 out,
@@ -160,18 +175,17 @@ impl Fairing for RequestLog {
         // The route's template (`/room/<id>`), never the raw path: paths may carry tokens.
         let route = req
             .route()
-            .map(|r| r.uri.origin.path().to_string())
-            .unwrap_or_else(|| "unmatched".into());
+            .map_or("unmatched", |r| r.uri.origin.path().as_str());
         let status = res.status().code;
         tracing::info!(
             target: "request",
-            method = %req.method(),
-            route = %route,
+            method = req.method().as_str(),
+            route,
             status,
             duration_ms = secs * 1000.0,
         );
         if let Some(m) = req.rocket().state::<Metrics>() {
-            m.observe(req.method().as_str(), &route, status, secs);
+            m.observe(req.method(), route, status, secs);
         }
     }
 }

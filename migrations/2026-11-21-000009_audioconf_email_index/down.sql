@@ -1,0 +1,1 @@
+DROP INDEX audioconf_conferences_email;
