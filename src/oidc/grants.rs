@@ -199,14 +199,8 @@ pub async fn redeem_code(
         return Ok(Err(RedeemError::Expired));
     }
     // The code is spent from here on, whatever follows: a revoked grant gives nothing.
-    let grant: Option<Grant> = oidc_grants::table
-        .find(grant_id)
-        .filter(oidc_grants::revoked_at.is_null())
-        .select(Grant::as_select())
-        .first(conn)
-        .await
-        .optional()?;
-    Ok(grant
+    Ok(live_grant(conn, grant_id)
+        .await?
         .map(|grant| Redeemed {
             grant,
             redirect_uri,
@@ -216,6 +210,17 @@ pub async fn redeem_code(
 }
 
 /// Revokes a grant and every token it gave.
+/// The grant, unless it was revoked.
+async fn live_grant(conn: &mut AsyncPgConnection, grant_id: i64) -> QueryResult<Option<Grant>> {
+    oidc_grants::table
+        .find(grant_id)
+        .filter(oidc_grants::revoked_at.is_null())
+        .select(Grant::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
 pub async fn revoke_grant(
     conn: &mut AsyncPgConnection,
     grant_id: i64,
@@ -315,16 +320,9 @@ pub async fn use_refresh_token(
     .await
     .optional()?;
     match claimed {
-        Some(grant_id) => {
-            let grant = oidc_grants::table
-                .find(grant_id)
-                .filter(oidc_grants::revoked_at.is_null())
-                .select(Grant::as_select())
-                .first(conn)
-                .await
-                .optional()?;
-            Ok(grant.ok_or(RedeemError::Unknown))
-        }
+        Some(grant_id) => Ok(live_grant(conn, grant_id)
+            .await?
+            .ok_or(RedeemError::Unknown)),
         None => {
             let used: Option<(i64, Option<DateTime<Utc>>)> = oidc_tokens::table
                 .filter(oidc_tokens::token_hash.eq(&hash))

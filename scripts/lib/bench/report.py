@@ -122,6 +122,44 @@ w(f"| booking requests | {b:,.0f} /s | ≥ 2,000 /s | {'yes' if b >= 2000 else '
 w(f"| room page HTML | {room['bytes'] / 1024:.1f} KiB | ≤ 30 KB | {'yes' if room['bytes'] <= 30000 else '**no**'} |")
 w(f"| room page, portal's own time | {room['app_ms']:.2f} ms | ≤ 5 ms | {'yes' if room['app_ms'] <= 5 else '**no**'} |")
 w("")
+# With BENCH_PROFILE=1: where the CPU went during one more run of each of the portal's loads
+# (perf, whole machine), as CPU time per request: share of samples × cores ÷ requests per second.
+profiles = os.path.join(os.path.dirname(os.path.abspath(results_path)), "profiles")
+groups = [("the portal", ("rocket-worker-t", "tracing-appende")), ("PostgreSQL", ("postgres",)),
+          ("Synapse", ("python",)), ("load generator", ("wrk", "tokio-rt-worker", "bench-flows"))]
+if os.path.isdir(profiles):
+    ncpu = os.cpu_count() or 1
+    w("## Where the CPU went (perf profiles)")
+    w("")
+    w("One more run of each of the portal's loads under `perf record -a` (`BENCH_PROFILE=1`); CPU time")
+    w("per request by process, from the share of samples, the cores and the load's median req/s.")
+    w("The profiles themselves (and the portal's hottest functions) are in `.run/bench/profiles/`.")
+    w("")
+    w("| load | req/s | " + " | ".join(g for g, _ in groups) + " | idle |")
+    w("|---|---:|" + "---:|" * (len(groups) + 1))
+    for load in ["discovery", "jwks", "userinfo", "full flows", "booking request", "room page (50 messages)"]:
+        slug = "".join(c if c.isalnum() else "-" for c in load.lower())
+        while "--" in slug:
+            slug = slug.replace("--", "-")
+        path = os.path.join(profiles, slug + ".txt")
+        if not os.path.exists(path):
+            continue
+        share = {}
+        for line in open(path):
+            if line.startswith("#") or not line.strip():
+                if share and line.startswith("#"):
+                    break
+                continue
+            pct, comm = line.split(None, 1)
+            share[comm.strip()] = float(pct.rstrip("%")) / 100
+        rps = p(load)["rps"]
+        cells = []
+        for _, comms in groups:
+            us = sum(share.get(c, 0) for c in comms) * ncpu * 1e6 / rps
+            cells.append(f"{us:,.0f} µs" if us < 10000 else f"{us / 1000:,.1f} ms")
+        idle_share = share.get("swapper", 0)
+        w(f"| {load} | {rps:,.0f} | " + " | ".join(cells) + f" | {idle_share:.0%} |")
+    w("")
 notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "NOTES.md")
 if os.path.exists(notes):
     w(open(notes).read().rstrip())
