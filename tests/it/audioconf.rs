@@ -289,6 +289,31 @@ async fn refused_domains_bad_input_and_limits_keep_the_input_and_explain() {
 }
 
 #[rocket::async_test]
+async fn the_daily_limit_per_client_address_counts_every_address_asked_for() {
+    let smtp = SmtpServer::start();
+    let app = app(&smtp, |f| {
+        f.merge(("portal.audioconf.max_requests_per_ip", 2))
+    })
+    .await;
+    for email in ["a@agent.gouv.fr", "b@agent.gouv.fr"] {
+        let (status, _) = request_link(&app, email, "when=duration&duration=60").await;
+        assert_eq!(status, Status::Ok, "{email}");
+    }
+    // A third address from the same network: refused with the network's message, input kept.
+    let (status, page) = request_link(&app, "c@agent.gouv.fr", "when=duration&duration=60").await;
+    assert_eq!(status, Status::TooManyRequests);
+    assert!(page.contains("depuis votre réseau"));
+    assert!(page.contains("value=\"c@agent.gouv.fr\""), "input kept");
+    let mut conn = app.db.conn().await;
+    let n: i64 = audioconf_requests::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .expect("n");
+    assert_eq!(n, 2, "the refused request is not recorded");
+}
+
+#[rocket::async_test]
 async fn expired_and_unknown_links_say_so_and_book_nothing() {
     let smtp = SmtpServer::start();
     let app = app(&smtp, |f| f).await;
