@@ -130,6 +130,8 @@ struct Checked {
     client: Client,
     redirect_uri: String,
     scopes: Vec<String>,
+    /// What the logged-in agent approved for this client before, if anything.
+    consented: Option<Vec<Option<String>>>,
 }
 
 fn error_page(ctx: &Ctx, key: &str) -> AuthResponse {
@@ -176,11 +178,12 @@ async fn check(
     conn: &mut diesel_async::AsyncPgConnection,
     issuer: &str,
 ) -> Result<Result<Checked, AuthResponse>, AppError> {
-    let client = match p.client_id.as_deref() {
-        Some(id) => clients::find(conn, id).await?,
+    let user = ctx.user.as_ref().map(|u| u.matrix_user_id.as_str());
+    let found = match p.client_id.as_deref() {
+        Some(id) => grants::client_with_consent(conn, id, user).await?,
         None => None,
     };
-    let Some(client) = client else {
+    let Some((client, consented)) = found else {
         return Ok(Err(error_page(ctx, "oidc.error.client")));
     };
     let Some(redirect_uri) = p
@@ -248,6 +251,7 @@ async fn check(
         client,
         redirect_uri,
         scopes,
+        consented,
     }))
 }
 
@@ -356,13 +360,8 @@ async fn authorize(
             ))));
         }
     };
-    let remembered = grants::consent_covers(
-        &mut conn,
-        &c.client.client_id,
-        &user.matrix_user_id,
-        &c.scopes,
-    )
-    .await?;
+    // Read with the client, for this same agent (`ctx.user`).
+    let remembered = grants::consent_covers(c.consented.as_deref(), &c.scopes);
     if remembered && !prompts.contains(&"consent") {
         return approve(&mut conn, keys, config, &user, &c, &p).await;
     }

@@ -11,7 +11,7 @@ use crate::db::schema::{oidc_clients, oidc_codes, oidc_consents, oidc_grants, oi
 
 use super::clients::Client;
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = oidc_grants)]
 pub struct Grant {
     pub id: i64,
@@ -38,21 +38,29 @@ impl Grant {
     }
 }
 
-/// Whether the agent already approved at least `scopes` for this client.
-pub async fn consent_covers(
+/// A client with what `user` approved for it, if anything, in one read (authorize's only one
+/// besides the session's).
+pub async fn client_with_consent(
     conn: &mut AsyncPgConnection,
     client_id: &str,
-    user: &str,
-    scopes: &[String],
-) -> QueryResult<bool> {
-    let given: Option<Vec<Option<String>>> = oidc_consents::table
-        .filter(oidc_consents::client_id.eq(client_id))
-        .filter(oidc_consents::matrix_user_id.eq(user))
-        .select(oidc_consents::scopes)
+    user: Option<&str>,
+) -> QueryResult<Option<(Client, Option<Vec<Option<String>>>)>> {
+    oidc_clients::table
+        .left_join(
+            oidc_consents::table.on(oidc_consents::client_id
+                .eq(oidc_clients::client_id)
+                .and(oidc_consents::matrix_user_id.nullable().eq(user))),
+        )
+        .filter(oidc_clients::client_id.eq(client_id))
+        .select((Client::as_select(), oidc_consents::scopes.nullable()))
         .first(conn)
         .await
-        .optional()?;
-    Ok(given.is_some_and(|g| scopes.iter().all(|s| g.iter().flatten().any(|x| x == s))))
+        .optional()
+}
+
+/// Whether the scopes approved (`given`) cover at least `scopes`.
+pub fn consent_covers(given: Option<&[Option<String>]>, scopes: &[String]) -> bool {
+    given.is_some_and(|g| scopes.iter().all(|s| g.iter().flatten().any(|x| x == s)))
 }
 
 pub async fn remember_consent(
@@ -109,8 +117,9 @@ pub async fn issue_code(
     let mut shared: Vec<Option<String>> = vec![Some("sub".into())];
     shared.extend(g.claims.keys().cloned().map(Some));
     // The grant, its code and the record of what was shared, in one statement: atomic without a
-    // transaction, and one round trip instead of five on every authorization.
-    diesel::sql_query(
+    // transaction, and one round trip instead of five on every authorization; kept prepared.
+    struct IssueCode;
+    let statement = diesel::sql_query(
         "WITH g AS (
              INSERT INTO oidc_grants
                  (client_id, matrix_user_id, sid, scopes, claims, nonce, auth_time, amr, created_at)
@@ -135,9 +144,10 @@ pub async fn issue_code(
     .bind::<Text, _>(g.redirect_uri)
     .bind::<Nullable<Text>, _>(g.code_challenge)
     .bind::<Timestamptz, _>(now + code_ttl)
-    .bind::<Array<Nullable<Text>>, _>(shared)
-    .execute(conn)
-    .await?;
+    .bind::<Array<Nullable<Text>>, _>(shared);
+    crate::db::prepared::<IssueCode, _>(statement)
+        .execute(conn)
+        .await?;
     Ok(code)
 }
 
@@ -160,24 +170,26 @@ pub async fn redeem_code(
     code: &str,
     now: DateTime<Utc>,
 ) -> Result<Result<Redeemed, RedeemError>, diesel::result::Error> {
+    use diesel::sql_types::{Bytea, Timestamptz};
     let hash = crypto::sha256(code.as_bytes());
-    // Marking it used and reading it is one statement: two concurrent uses cannot both win.
-    let claimed: Option<(i64, String, Option<String>, DateTime<Utc>)> = diesel::update(
-        oidc_codes::table
-            .filter(oidc_codes::code_hash.eq(&hash))
-            .filter(oidc_codes::used_at.is_null()),
+    // Marking it used and reading it with its grant is one statement: two concurrent uses cannot
+    // both win, and the code is spent whatever follows (a revoked grant gives nothing).
+    struct RedeemCode;
+    let statement = diesel::sql_query(
+        "WITH c AS (
+             UPDATE oidc_codes SET used_at = $2
+             WHERE code_hash = $1 AND used_at IS NULL
+             RETURNING grant_id, redirect_uri, code_challenge, expires_at AS code_expires_at)
+         SELECT g.*, c.redirect_uri, c.code_challenge, c.code_expires_at
+         FROM c JOIN oidc_grants g ON g.id = c.grant_id",
     )
-    .set(oidc_codes::used_at.eq(now))
-    .returning((
-        oidc_codes::grant_id,
-        oidc_codes::redirect_uri,
-        oidc_codes::code_challenge,
-        oidc_codes::expires_at,
-    ))
-    .get_result(conn)
-    .await
-    .optional()?;
-    let Some((grant_id, redirect_uri, code_challenge, expires_at)) = claimed else {
+    .bind::<Bytea, _>(&hash)
+    .bind::<Timestamptz, _>(now);
+    let claimed: Option<Claimed> = crate::db::prepared::<RedeemCode, _>(statement)
+        .get_result(conn)
+        .await
+        .optional()?;
+    let Some(claimed) = claimed else {
         let used: Option<i64> = oidc_codes::table
             .filter(oidc_codes::code_hash.eq(&hash))
             .select(oidc_codes::grant_id)
@@ -195,21 +207,32 @@ pub async fn redeem_code(
             None => Err(RedeemError::Unknown),
         });
     };
-    if expires_at <= now {
+    if claimed.code_expires_at <= now {
         return Ok(Err(RedeemError::Expired));
     }
-    // The code is spent from here on, whatever follows: a revoked grant gives nothing.
-    Ok(live_grant(conn, grant_id)
-        .await?
-        .map(|grant| Redeemed {
-            grant,
-            redirect_uri,
-            code_challenge,
-        })
-        .ok_or(RedeemError::Unknown))
+    if claimed.grant.revoked_at.is_some() {
+        return Ok(Err(RedeemError::Unknown));
+    }
+    Ok(Ok(Redeemed {
+        grant: claimed.grant,
+        redirect_uri: claimed.redirect_uri,
+        code_challenge: claimed.code_challenge,
+    }))
 }
 
-/// Revokes a grant and every token it gave.
+/// A code just spent, with its grant.
+#[derive(QueryableByName)]
+struct Claimed {
+    #[diesel(embed)]
+    grant: Grant,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    redirect_uri: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    code_challenge: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    code_expires_at: DateTime<Utc>,
+}
+
 /// The grant, unless it was revoked.
 async fn live_grant(conn: &mut AsyncPgConnection, grant_id: i64) -> QueryResult<Option<Grant>> {
     oidc_grants::table
@@ -221,6 +244,7 @@ async fn live_grant(conn: &mut AsyncPgConnection, grant_id: i64) -> QueryResult<
         .optional()
 }
 
+/// Revokes a grant and every token it gave.
 pub async fn revoke_grant(
     conn: &mut AsyncPgConnection,
     grant_id: i64,

@@ -13,7 +13,7 @@ use tchap_portal::db::schema::{audioconf_conferences, audioconf_requests, outbox
 use tchap_portal::web::i18n::Lang;
 
 use crate::common::smtp::{link_in, parse, SmtpServer};
-use crate::common::{csrf_token, figment, title, unescape, TestApp, TestDb};
+use crate::common::{csrf_token, figment, runs_of, title, unescape, TestApp, TestDb};
 
 pub(crate) const NUMBER: &str = "+33189000000";
 pub(crate) const BRIDGE_SECRET: &str = "bridge-secret-for-tests-0123456789abcdef";
@@ -291,8 +291,10 @@ async fn refused_domains_bad_input_and_limits_keep_the_input_and_explain() {
 #[rocket::async_test]
 async fn the_daily_limit_per_client_address_counts_every_address_asked_for() {
     let smtp = SmtpServer::start();
+    // One pooled connection: every request below runs on it.
     let app = app(&smtp, |f| {
         f.merge(("portal.audioconf.max_requests_per_ip", 2))
+            .merge(("portal.db.pool_size", 1))
     })
     .await;
     for email in ["a@agent.gouv.fr", "b@agent.gouv.fr"] {
@@ -311,6 +313,10 @@ async fn the_daily_limit_per_client_address_counts_every_address_asked_for() {
         .await
         .expect("n");
     assert_eq!(n, 2, "the refused request is not recorded");
+    // The count and the insert (request + mail) are raw SQL, kept prepared all the same.
+    let prepared = app.prepared_runs().await;
+    assert_eq!(runs_of(&prepared, "LIMIT $5"), 3, "three counts");
+    assert_eq!(runs_of(&prepared, "INSERT INTO outbox"), 2, "two requests");
 }
 
 #[rocket::async_test]

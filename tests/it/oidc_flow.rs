@@ -11,7 +11,7 @@ use tchap_portal::oidc::clients::{self, NewClient};
 use tchap_portal::oidc::jwt;
 
 use crate::common::matrix::new_user;
-use crate::common::{csrf_token, title, unescape, TestApp};
+use crate::common::{csrf_token, figment, runs_of, title, unescape, TestApp, TestDb};
 
 const PASSWORD: &str = "Correct-horse-42";
 const RP: &str = "https://rp.example.gouv.fr/callback";
@@ -26,7 +26,10 @@ struct Rp {
 }
 
 async fn setup() -> (TestApp, Rp, String) {
-    let app = TestApp::new().await;
+    setup_on(TestApp::new().await).await
+}
+
+async fn setup_on(app: TestApp) -> (TestApp, Rp, String) {
     let mut conn = app.db.conn().await;
     let new = |public: bool, uri: &str| NewClient {
         name: "Démarches simplifiées".into(),
@@ -1191,4 +1194,33 @@ async fn discovery_announces_revocation_introspection_and_logout() {
         };
         assert_ne!(res.status(), Status::NotFound, "{field} is served");
     }
+}
+
+/// The statements of an authorization and a code's redemption (raw SQL) are prepared once per
+/// connection and reused, and a whole flow needs one connection at a time.
+#[rocket::async_test]
+async fn whole_flows_reuse_their_prepared_statements_on_one_connection() {
+    let db = TestDb::new().await;
+    let fig = figment(&db).merge(("portal.db.pool_size", 1));
+    let (app, rp, _) = setup_on(TestApp::with_figment(db, fig).await).await;
+    for _ in 0..2 {
+        let code = code_for(&app, &rp, "").await;
+        let (status, tokens) = exchange(&app, &rp, &code).await;
+        assert_eq!(status, Status::Ok, "{tokens}");
+        let at = tokens["access_token"].as_str().expect("access token");
+        let (status, info) = userinfo_get(&app, at).await;
+        assert_eq!(status, Status::Ok);
+        assert_eq!(info["given_name"], "Alice", "{info}");
+    }
+    let prepared = app.prepared_runs().await;
+    assert_eq!(
+        runs_of(&prepared, "INSERT INTO oidc_grants"),
+        2,
+        "two codes"
+    );
+    assert_eq!(
+        runs_of(&prepared, "UPDATE oidc_codes"),
+        2,
+        "two redemptions"
+    );
 }

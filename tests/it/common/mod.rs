@@ -147,6 +147,44 @@ impl TestApp {
     pub fn pool(&self) -> &Db {
         self.client.rocket().state::<Db>().expect("pool")
     }
+
+    /// The statements kept prepared on the pool's next connection, each with how many times it
+    /// ran (PostgreSQL's own count of plans made for it). With a pool of one connection, every
+    /// request ran on it.
+    pub async fn prepared_runs(&self) -> Vec<(String, i64)> {
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            statement: String,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            runs: i64,
+        }
+        let mut conn = self.pool().get().await.expect("a pooled connection");
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT statement, generic_plans + custom_plans AS runs FROM pg_prepared_statements",
+        )
+        .load(&mut *conn)
+        .await
+        .expect("pg_prepared_statements");
+        rows.into_iter().map(|r| (r.statement, r.runs)).collect()
+    }
+}
+
+/// How many times the one prepared statement containing `needle` ran (panics if there is not
+/// exactly one: a statement prepared again for every call would show up several times, or not
+/// at all when it is never prepared).
+pub fn runs_of(prepared: &[(String, i64)], needle: &str) -> i64 {
+    let found: Vec<i64> = prepared
+        .iter()
+        .filter(|(sql, _)| sql.contains(needle))
+        .map(|(_, runs)| *runs)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one prepared statement with {needle:?}, in {prepared:#?}"
+    );
+    found[0]
 }
 
 /// Answers any status, to reach every catcher (mounted by the tests only).
