@@ -286,6 +286,28 @@ async fn refused_domains_bad_input_and_limits_keep_the_input_and_explain() {
     let (status, page) = request_link(&app, "A@Agent.gouv.fr", "when=duration&duration=60").await;
     assert_eq!(status, Status::TooManyRequests);
     assert!(page.contains("a atteint le nombre de réservations autorisées"));
+
+    // Bookings made from Tchap (no request, no link) count too: one in a room and one request
+    // reach the limit of two for another address; a confirmed link is not counted twice.
+    let settings = settings_of(&app);
+    book_via(&app, &settings, "b@agent.gouv.fr", "room")
+        .await
+        .expect("booked in a room");
+    book_via(&app, &settings, "c@agent.gouv.fr", "email")
+        .await
+        .expect("booked by a link");
+    for (email, expected) in [
+        ("b@agent.gouv.fr", Status::Ok),
+        ("b@agent.gouv.fr", Status::TooManyRequests),
+        ("c@agent.gouv.fr", Status::Ok),
+        ("c@agent.gouv.fr", Status::Ok),
+    ] {
+        let (status, page) = request_link(&app, email, "when=duration&duration=60").await;
+        assert_eq!(status, expected, "{email}");
+        if expected == Status::TooManyRequests {
+            assert!(page.contains("a atteint le nombre de réservations autorisées"));
+        }
+    }
 }
 
 #[rocket::async_test]
@@ -359,6 +381,16 @@ pub(crate) async fn book_direct(
     settings: &tchap_portal::config::AudioconfSettings,
     i: usize,
 ) -> Result<booking::Created, BookError> {
+    book_via(app, settings, &format!("agent{i}@agent.gouv.fr"), "email").await
+}
+
+/// Books at once for `email`, as a confirmed link (`via` "email") or Tchap ("tchap", "room") do.
+pub(crate) async fn book_via(
+    app: &TestApp,
+    settings: &tchap_portal::config::AudioconfSettings,
+    email: &str,
+    via: &str,
+) -> Result<booking::Created, BookError> {
     let keys = app
         .client
         .rocket()
@@ -370,16 +402,15 @@ pub(crate) async fn book_direct(
         .state::<tchap_portal::mail::Mailer>()
         .expect("mailer");
     let mut conn = app.pool().get().await.expect("conn");
-    let email = format!("agent{i}@agent.gouv.fr");
     booking::book(
         &mut conn,
         keys,
         settings,
         mailer,
         NewConference {
-            email: &email,
+            email,
             period: Period::minutes(60, Utc::now()),
-            via: "email",
+            via,
             lang: Lang::Fr,
         },
         Utc::now(),

@@ -4,6 +4,7 @@ Usage: report.py RESULTS OUTPUT key=value…  (the run's settings and versions)
 """
 import json
 import os
+import re
 import platform
 import sys
 from datetime import datetime, timezone
@@ -132,7 +133,7 @@ if os.path.isdir(profiles):
     w("## Where the CPU went (perf profiles)")
     w("")
     w("One more run of each of the portal's loads under `perf record -a` (`BENCH_PROFILE=1`); CPU time")
-    w("per request by process, from the share of samples, the cores and the load's median req/s.")
+    w("per request by process, from the share of samples, the cores and that run's own req/s.")
     w("The profiles themselves (and the portal's hottest functions) are in `.run/bench/profiles/`.")
     w("")
     w("| load | req/s | " + " | ".join(g for g, _ in groups) + " | idle |")
@@ -152,7 +153,14 @@ if os.path.isdir(profiles):
                 continue
             pct, comm = line.split(None, 1)
             share[comm.strip()] = float(pct.rstrip("%")) / 100
+        # The profiled run's own rate (its output: wrk's or the flow driver's), else the median.
         rps = p(load)["rps"]
+        out = os.path.join(profiles, slug + ".out")
+        if os.path.exists(out):
+            text = open(out).read()
+            m = re.search(r"Requests/sec:\s+([\d.]+)", text) or re.search(r'"per_sec":\s*([\d.]+)', text)
+            if m:
+                rps = float(m.group(1))
         cells = []
         for _, comms in groups:
             us = sum(share.get(c, 0) for c in comms) * ncpu * 1e6 / rps
