@@ -9,6 +9,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod jobs;
+pub mod logging;
 pub mod mail;
 pub mod oidc;
 pub mod web;

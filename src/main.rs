@@ -6,18 +6,11 @@ use tchap_portal::{cli, config};
 
 #[rocket::main]
 async fn main() -> ExitCode {
-    // Log lines go to stdout from a thread of their own, through a buffer it flushes whenever it
-    // has nothing more to write: a request never waits on a write(2), and under load one write
-    // carries many lines. Nothing is dropped (a full queue slows the logging side instead), and
-    // the guard flushes what is left when `main` returns.
-    let (writer, _flush_at_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stdout(),
-        ));
+    // Log lines go to a buffer written out when full and every 100 ms (`logging`); what is left
+    // is written before `main` returns.
+    let log = tchap_portal::logging::BufferedStdout::start();
     tracing_subscriber::fmt()
-        .with_writer(writer)
+        .with_writer(log.clone())
         .json()
         .flatten_event(true)
         .with_current_span(false)
@@ -26,6 +19,12 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let code = run().await;
+    let _ = log.flush_now();
+    code
+}
+
+async fn run() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let figment = config::figment();
     if args.is_empty() || args == ["serve"] {
