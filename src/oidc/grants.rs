@@ -165,26 +165,75 @@ pub enum RedeemError {
     Replayed,
 }
 
+/// What a token request brings to redeem a code, checked in the statement that spends it.
+pub struct Exchange<'a> {
+    pub client_id: &'a str,
+    /// A public client must have sent a PKCE challenge.
+    pub client_public: bool,
+    pub redirect_uri: &'a str,
+    /// `b64url(SHA-256(code_verifier))` when a verifier was sent.
+    pub challenge: Option<&'a str>,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+/// A code spent: either the tokens were issued, or the request did not match what the code was
+/// issued for (its content says why; no token was issued and the code stays spent).
+pub enum Redemption {
+    Issued {
+        grant: Grant,
+        access: String,
+        refresh: String,
+    },
+    Refused(Redeemed),
+}
+
+/// Spends a code and, when the request matches it (client, redirect URI, PKCE) and it is still
+/// good, issues the token pair, all in one statement.
 pub async fn redeem_code(
     conn: &mut AsyncPgConnection,
     code: &str,
+    ex: &Exchange<'_>,
     now: DateTime<Utc>,
-) -> Result<Result<Redeemed, RedeemError>, diesel::result::Error> {
-    use diesel::sql_types::{Bytea, Timestamptz};
+) -> Result<Result<Redemption, RedeemError>, crate::web::errors::AppError> {
+    use diesel::sql_types::{Bool, Bytea, Nullable, Text, Timestamptz};
     let hash = crypto::sha256(code.as_bytes());
-    // Marking it used and reading it with its grant is one statement: two concurrent uses cannot
-    // both win, and the code is spent whatever follows (a revoked grant gives nothing).
+    let access = crypto::random_token(32)?;
+    let refresh = crypto::random_token(32)?;
+    // Marking it used and reading it is one statement: two concurrent uses cannot both win, and
+    // the code is spent whatever follows. The tokens are written by the same statement when every
+    // check passes: one round trip and one commit for the whole exchange. (The PKCE challenge is
+    // compared here as it was sent in the authorization request, in clear: it is no secret.)
     struct RedeemCode;
     let statement = diesel::sql_query(
         "WITH c AS (
              UPDATE oidc_codes SET used_at = $2
              WHERE code_hash = $1 AND used_at IS NULL
-             RETURNING grant_id, redirect_uri, code_challenge, expires_at AS code_expires_at)
-         SELECT g.*, c.redirect_uri, c.code_challenge, c.code_expires_at
-         FROM c JOIN oidc_grants g ON g.id = c.grant_id",
+             RETURNING grant_id, redirect_uri, code_challenge, expires_at AS code_expires_at),
+         g AS (
+             SELECT g.*, c.redirect_uri, c.code_challenge, c.code_expires_at,
+                    c.code_expires_at > $2 AND g.revoked_at IS NULL AND g.client_id = $3
+                    AND c.redirect_uri = $4 AND c.code_challenge IS NOT DISTINCT FROM $5
+                    AND (c.code_challenge IS NOT NULL OR NOT $6) AS issued
+             FROM c JOIN oidc_grants g ON g.id = c.grant_id),
+         t AS (
+             INSERT INTO oidc_tokens (token_hash, kind, grant_id, created_at, expires_at)
+             SELECT v.token_hash, v.kind, g.id, $2, v.expires_at
+             FROM g, (VALUES ($7, 'access', $8), ($9, 'refresh', $10))
+                 AS v (token_hash, kind, expires_at)
+             WHERE g.issued)
+         SELECT * FROM g",
     )
     .bind::<Bytea, _>(&hash)
-    .bind::<Timestamptz, _>(now);
+    .bind::<Timestamptz, _>(now)
+    .bind::<Text, _>(ex.client_id)
+    .bind::<Text, _>(ex.redirect_uri)
+    .bind::<Nullable<Text>, _>(ex.challenge)
+    .bind::<Bool, _>(ex.client_public)
+    .bind::<Bytea, _>(crypto::sha256(access.as_bytes()))
+    .bind::<Timestamptz, _>(now + ex.access_ttl)
+    .bind::<Bytea, _>(crypto::sha256(refresh.as_bytes()))
+    .bind::<Timestamptz, _>(now + ex.refresh_ttl);
     let claimed: Option<Claimed> = crate::db::prepared::<RedeemCode, _>(statement)
         .get_result(conn)
         .await
@@ -207,17 +256,24 @@ pub async fn redeem_code(
             None => Err(RedeemError::Unknown),
         });
     };
+    if claimed.issued {
+        return Ok(Ok(Redemption::Issued {
+            grant: claimed.grant,
+            access,
+            refresh,
+        }));
+    }
     if claimed.code_expires_at <= now {
         return Ok(Err(RedeemError::Expired));
     }
     if claimed.grant.revoked_at.is_some() {
         return Ok(Err(RedeemError::Unknown));
     }
-    Ok(Ok(Redeemed {
+    Ok(Ok(Redemption::Refused(Redeemed {
         grant: claimed.grant,
         redirect_uri: claimed.redirect_uri,
         code_challenge: claimed.code_challenge,
-    }))
+    })))
 }
 
 /// A code just spent, with its grant.
@@ -231,6 +287,9 @@ struct Claimed {
     code_challenge: Option<String>,
     #[diesel(sql_type = diesel::sql_types::Timestamptz)]
     code_expires_at: DateTime<Utc>,
+    /// Whether the tokens were issued.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    issued: bool,
 }
 
 /// The grant, unless it was revoked.

@@ -14,7 +14,7 @@ use crate::crypto::{self, Keys};
 use crate::db::Db;
 
 use super::clients::{self, Client};
-use super::grants::{self, Grant, RedeemError};
+use super::grants::{self, Grant, RedeemError, Redemption};
 use super::keys::KeyRing;
 use super::{claims, jwt};
 
@@ -205,6 +205,41 @@ pub fn id_token(
     })
 }
 
+/// Why a spent code gave no tokens: the first check, in the order RFC 6749 and 7636 give them,
+/// that the request fails (the statement that spent the code made the same checks).
+fn refusal(
+    redeemed: &grants::Redeemed,
+    client: &Client,
+    redirect_uri: &str,
+    verifier: Option<&str>,
+) -> Api {
+    let bad = |d: &str| Api::error(Status::BadRequest, "invalid_grant", d);
+    if redeemed.grant.client_id != client.client_id {
+        return bad("code was issued to another client");
+    }
+    if redeemed.redirect_uri != redirect_uri {
+        return bad("redirect_uri differs from the authorization request");
+    }
+    match (&redeemed.code_challenge, verifier) {
+        (Some(challenge), Some(verifier)) => {
+            let computed = crypto::b64url(&crypto::sha256(verifier.as_bytes()));
+            if !crypto::constant_time_eq(computed.as_bytes(), challenge.as_bytes()) {
+                return bad("code_verifier does not match");
+            }
+        }
+        (Some(_), None) => return bad("code_verifier is required"),
+        (None, Some(_)) => return bad("no code_challenge was sent"),
+        (None, None) if client.public => return bad("PKCE is required"),
+        (None, None) => {}
+    }
+    tracing::error!(client = %client.client_id, "a code was refused without a reason");
+    Api::error(
+        Status::InternalServerError,
+        "server_error",
+        "the code could not be redeemed",
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 #[post("/token", data = "<form>")]
 pub async fn token(
@@ -231,7 +266,9 @@ pub async fn token(
     };
     let now = Utc::now();
     let o = &config.settings.oidc;
-    let (grant, with_nonce) = match form.grant_type.as_deref() {
+    let access_ttl = Duration::seconds(o.access_token_ttl_secs);
+    let refresh_ttl = Duration::hours(o.refresh_token_ttl_hours);
+    let (grant, with_nonce, access, refresh) = match form.grant_type.as_deref() {
         Some("authorization_code") => {
             let (Some(code), Some(redirect_uri)) =
                 (form.code.as_deref(), form.redirect_uri.as_deref())
@@ -242,8 +279,25 @@ pub async fn token(
                     "code and redirect_uri are required",
                 );
             };
-            let redeemed = match grants::redeem_code(&mut conn, code, now).await {
-                Ok(Ok(r)) => r,
+            let verifier = form.code_verifier.as_deref();
+            let challenge = verifier.map(|v| crypto::b64url(&crypto::sha256(v.as_bytes())));
+            let exchange = grants::Exchange {
+                client_id: &client.client_id,
+                client_public: client.public,
+                redirect_uri,
+                challenge: challenge.as_deref(),
+                access_ttl,
+                refresh_ttl,
+            };
+            match grants::redeem_code(&mut conn, code, &exchange, now).await {
+                Ok(Ok(Redemption::Issued {
+                    grant,
+                    access,
+                    refresh,
+                })) => (grant, true, access, refresh),
+                Ok(Ok(Redemption::Refused(redeemed))) => {
+                    return refusal(&redeemed, &client, redirect_uri, verifier)
+                }
                 Ok(Err(RedeemError::Replayed)) => {
                     tracing::warn!(client = %client.client_id, "authorization code replayed: grant revoked");
                     return Api::error(Status::BadRequest, "invalid_grant", "code already used");
@@ -256,52 +310,7 @@ pub async fn token(
                     )
                 }
                 Err(_) => return Api::unavailable(),
-            };
-            if redeemed.grant.client_id != client.client_id {
-                return Api::error(
-                    Status::BadRequest,
-                    "invalid_grant",
-                    "code was issued to another client",
-                );
             }
-            if redeemed.redirect_uri != redirect_uri {
-                return Api::error(
-                    Status::BadRequest,
-                    "invalid_grant",
-                    "redirect_uri differs from the authorization request",
-                );
-            }
-            match (&redeemed.code_challenge, form.code_verifier.as_deref()) {
-                (Some(challenge), Some(verifier)) => {
-                    let computed = crypto::b64url(&crypto::sha256(verifier.as_bytes()));
-                    if !crypto::constant_time_eq(computed.as_bytes(), challenge.as_bytes()) {
-                        return Api::error(
-                            Status::BadRequest,
-                            "invalid_grant",
-                            "code_verifier does not match",
-                        );
-                    }
-                }
-                (Some(_), None) => {
-                    return Api::error(
-                        Status::BadRequest,
-                        "invalid_grant",
-                        "code_verifier is required",
-                    )
-                }
-                (None, Some(_)) => {
-                    return Api::error(
-                        Status::BadRequest,
-                        "invalid_grant",
-                        "no code_challenge was sent",
-                    )
-                }
-                (None, None) if client.public => {
-                    return Api::error(Status::BadRequest, "invalid_grant", "PKCE is required")
-                }
-                (None, None) => {}
-            }
-            (redeemed.grant, true)
         }
         Some("refresh_token") => {
             let Some(rt) = form.refresh_token.as_deref() else {
@@ -337,7 +346,10 @@ pub async fn token(
                     "refresh token was issued to another client",
                 );
             }
-            (grant, false)
+            match grants::issue_tokens(&mut conn, grant.id, access_ttl, refresh_ttl, now).await {
+                Ok((access, refresh)) => (grant, false, access, refresh),
+                Err(_) => return Api::unavailable(),
+            }
         }
         Some(_) => {
             return Api::error(
@@ -354,18 +366,8 @@ pub async fn token(
             )
         }
     };
-    let (access, refresh) = match grants::issue_tokens(
-        &mut conn,
-        grant.id,
-        Duration::seconds(o.access_token_ttl_secs),
-        Duration::hours(o.refresh_token_ttl_hours),
-        now,
-    )
-    .await
-    {
-        Ok(t) => t,
-        Err(_) => return Api::unavailable(),
-    };
+    // Signing needs no connection: give it back first.
+    drop(conn);
     let id_token = match id_token(ring, keys, config, &client, &grant, &access, with_nonce) {
         Ok(t) => t,
         Err(e) => return e,

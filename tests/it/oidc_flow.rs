@@ -1224,3 +1224,102 @@ async fn whole_flows_reuse_their_prepared_statements_on_one_connection() {
         "two redemptions"
     );
 }
+
+/// Every way a token request can fail to match its code gets its own description, issues no
+/// token and spends the code; a code past its minute is refused as expired.
+#[rocket::async_test]
+async fn a_refused_exchange_says_why_issues_nothing_and_spends_the_code() {
+    use diesel_async::RunQueryDsl;
+    let (app, rp, _) = setup().await;
+    let pkce = format!("&code_challenge={}&code_challenge_method=S256", challenge());
+    let by_rp = |code: &str, redirect: &str, verifier: Option<&str>| {
+        let mut body = format!(
+            "grant_type=authorization_code&code={code}&redirect_uri={}",
+            enc(redirect)
+        );
+        if let Some(v) = verifier {
+            body.push_str(&format!("&code_verifier={v}"));
+        }
+        body
+    };
+    let code = code_for(&app, &rp, "").await;
+    let mut cases = vec![(
+        code.clone(),
+        Some(basic(&rp.id, &rp.secret)),
+        by_rp(&code, "https://rp.example.gouv.fr/other", None),
+        "redirect_uri differs from the authorization request",
+    )];
+    let code = code_for(&app, &rp, "").await;
+    cases.push((
+        code.clone(),
+        None,
+        format!("{}&client_id={}", by_rp(&code, RP, None), rp.public_id),
+        "code was issued to another client",
+    ));
+    let code = code_for(&app, &rp, &pkce).await;
+    cases.push((
+        code.clone(),
+        Some(basic(&rp.id, &rp.secret)),
+        by_rp(&code, RP, None),
+        "code_verifier is required",
+    ));
+    let code = code_for(&app, &rp, &pkce).await;
+    cases.push((
+        code.clone(),
+        Some(basic(&rp.id, &rp.secret)),
+        by_rp(
+            &code,
+            RP,
+            Some("another-verifier-another-verifier-another-verif"),
+        ),
+        "code_verifier does not match",
+    ));
+    let code = code_for(&app, &rp, "").await;
+    cases.push((
+        code.clone(),
+        Some(basic(&rp.id, &rp.secret)),
+        by_rp(&code, RP, Some(VERIFIER)),
+        "no code_challenge was sent",
+    ));
+    for (code, auth, body, why) in cases {
+        let (s, e, _) = token(&app.client, auth, body).await;
+        assert_eq!(s, Status::BadRequest, "{why}: {e}");
+        assert_eq!(e["error"], "invalid_grant", "{why}");
+        assert_eq!(e["error_description"], why);
+        // Spent: the right request afterwards is a replay.
+        let (s, e) = exchange(&app, &rp, &code).await;
+        assert_eq!(
+            (s, e["error_description"].as_str()),
+            (Status::BadRequest, Some("code already used")),
+            "{why}"
+        );
+    }
+    // Past its expiry, a code is refused as such.
+    let code = code_for(&app, &rp, "").await;
+    let mut conn = app.db.conn().await;
+    diesel::sql_query("UPDATE oidc_codes SET expires_at = now() - interval '1 second'")
+        .execute(&mut conn)
+        .await
+        .expect("expire the codes");
+    let (s, e) = exchange(&app, &rp, &code).await;
+    assert_eq!(
+        (s, e["error_description"].as_str()),
+        (Status::BadRequest, Some("unknown or expired code"))
+    );
+    let tokens: i64 = diesel::dsl::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "(SELECT count(*) FROM oidc_tokens)",
+    ))
+    .get_result(&mut conn)
+    .await
+    .expect("count");
+    assert_eq!(tokens, 0, "no token was issued by a refused exchange");
+    // And a request that matches its code gets its tokens.
+    let code = code_for(&app, &rp, &pkce).await;
+    let (s, t, _) = token(
+        &app.client,
+        Some(basic(&rp.id, &rp.secret)),
+        by_rp(&code, RP, Some(VERIFIER)),
+    )
+    .await;
+    assert_eq!(s, Status::Ok, "{t}");
+}
