@@ -7,23 +7,18 @@ use std::time::Duration;
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::QueryResult;
-
-use diesel::Connection;
+use diesel::{Connection, QueryResult};
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-use diesel_async::pooled_connection::deadpool::{Hook, HookError, Object, Pool};
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 pub type Conn = Object<AsyncPgConnection>;
-
-/// How long a pooled connection may sit unused before it is checked on its way out.
-const VERIFY_IDLE_AFTER: Duration = Duration::from_secs(5);
 
 /// The pool, with a bound on how long a request waits for a connection.
 #[derive(Clone)]
@@ -42,29 +37,15 @@ pub enum DbError {
 
 impl Db {
     pub fn new(url: &str, size: usize, timeout: Duration) -> Result<Db, String> {
-        // A connection in use a moment ago is handed out as it is (a broken one is still
-        // dropped): checking every one with `SELECT 1` cost a round trip per request. One idle
-        // longer than `VERIFY_IDLE_AFTER` (a database restart, a proxy's idle timeout) is checked
-        // first and replaced if it fails.
+        // A pooled connection is handed out as it is, without diesel-async's default `SELECT 1`
+        // first (a round trip per request). One the server closed (a restart, an idle timeout)
+        // is seen as broken and replaced; one that fails during a request is dropped after it.
         let mut config = ManagerConfig::default();
         config.recycling_method = RecyclingMethod::Fast;
         let manager =
             AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
         let pool = Pool::builder(manager)
             .max_size(size)
-            .pre_recycle(Hook::async_fn(|conn, metrics| {
-                let idle = metrics.last_used() >= VERIFY_IDLE_AFTER;
-                Box::pin(async move {
-                    if idle {
-                        use diesel::IntoSql;
-                        diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
-                            .get_result::<i32>(conn)
-                            .await
-                            .map_err(|e| HookError::message(e.to_string()))?;
-                    }
-                    Ok(())
-                })
-            }))
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Db { pool, timeout })

@@ -258,6 +258,45 @@ async fn health_and_readiness_follow_the_database() {
     );
 }
 
+/// A pooled connection the database closed (a restart, an idle timeout) is replaced before it is
+/// handed out again, although connections are not checked with a query first: the next request
+/// does not fail.
+#[rocket::async_test]
+async fn a_connection_the_database_closed_is_replaced_before_use() {
+    use diesel_async::RunQueryDsl;
+    let db = crate::common::TestDb::new().await;
+    let fig = crate::common::figment(&db).merge(("portal.db.pool_size", 1));
+    let app = TestApp::with_figment(db, fig).await;
+    assert_eq!(
+        app.client.get("/readyz").dispatch().await.status(),
+        Status::Ok
+    );
+    let mut admin = app.db.conn().await;
+    let cut: Vec<bool> = diesel::sql_query(
+        "SELECT pg_terminate_backend(pid) AS cut FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .load::<Cut>(&mut admin)
+    .await
+    .expect("terminate the pool's connection")
+    .into_iter()
+    .map(|c| c.cut)
+    .collect();
+    assert_eq!(cut, vec![true], "the pool's one connection was cut");
+    rocket::tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        app.client.get("/readyz").dispatch().await.status(),
+        Status::Ok,
+        "found closed and replaced"
+    );
+}
+
+#[derive(diesel::QueryableByName)]
+struct Cut {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    cut: bool,
+}
+
 #[rocket::async_test]
 async fn metrics_are_for_operators_only() {
     let app = TestApp::new().await;
