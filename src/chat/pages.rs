@@ -18,7 +18,7 @@ use crate::crypto::Keys;
 use crate::db::Db;
 use crate::web::errors::AppError;
 use crate::web::form::Page;
-use crate::web::metrics::HomeserverTime;
+use crate::web::metrics::Timing;
 use crate::web::page::Ctx;
 
 use super::hs::{Hs, HsError};
@@ -309,7 +309,7 @@ pub async fn rooms(
     page: Option<i64>,
     fait: Option<&str>,
     chat: Chat<'_>,
-    timing: &HomeserverTime,
+    timing: &Timing,
 ) -> Answer {
     let done = fait.filter(|f| *f == "left");
     let (result, spent) =

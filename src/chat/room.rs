@@ -24,7 +24,7 @@ use crate::crypto;
 use crate::db::schema::{chat_media, chat_rooms};
 use crate::mail::Mailer;
 use crate::web::form::{FieldErrors, Page};
-use crate::web::metrics::HomeserverTime;
+use crate::web::metrics::Timing;
 use crate::web::page::Ctx;
 
 use super::pages::{display_name, room_path, Answer, Chat, Trouble};
@@ -376,7 +376,7 @@ pub async fn show(
     repondre: Option<&str>,
     auto: Option<bool>,
     fait: Option<&str>,
-    timing: &HomeserverTime,
+    timing: &Timing,
 ) -> Answer {
     let (result, spent) = crate::chat::hs::timed(async {
         let compose = Compose::fresh(repondre.map(str::to_owned))?;

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -25,13 +26,37 @@ struct Series {
     buckets: [u64; BUCKETS.len()],
 }
 
+/// FNV-1a, for the metrics' keys: route templates and statuses the portal itself defines, hashed
+/// twice on every request, need no protection against chosen keys (SipHash's cost).
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+
 /// Series by route template, then by method and status: recording a request allocates only the
 /// first time its route is seen.
-type ByStatus = HashMap<(Method, u16), Series>;
+type ByStatus = FnvMap<(Method, u16), Series>;
 
 #[derive(Default)]
 pub struct Metrics {
-    by_route: Mutex<HashMap<String, ByStatus>>,
+    by_route: Mutex<FnvMap<String, ByStatus>>,
 }
 
 impl Metrics {
@@ -113,36 +138,45 @@ impl Metrics {
     }
 }
 
-/// Time a page spent waiting on the homeserver, set by its handler (`chat::hs::timed`): the
-/// response then carries `Server-Timing` with that time and the portal's own (the rest).
-#[derive(Default)]
-pub struct HomeserverTime(Mutex<Option<Duration>>);
+/// When the request arrived, and the time a page spent waiting on the homeserver, set by its
+/// handler (`chat::hs::timed`): the response then carries `Server-Timing` with that time and the
+/// portal's own (the rest). One entry of the request's local cache, made by the request log.
+pub struct Timing {
+    started: Instant,
+    homeserver: Mutex<Option<Duration>>,
+}
 
-impl HomeserverTime {
+impl Timing {
+    fn starting_now() -> Timing {
+        Timing {
+            started: Instant::now(),
+            homeserver: Mutex::new(None),
+        }
+    }
+
+    /// The time this request spent waiting on the homeserver.
     pub fn set(&self, spent: Duration) {
-        if let Ok(mut t) = self.0.lock() {
+        if let Ok(mut t) = self.homeserver.lock() {
             *t = Some(spent);
         }
     }
 
-    fn get(&self) -> Option<Duration> {
-        self.0.lock().ok().and_then(|t| *t)
+    fn homeserver(&self) -> Option<Duration> {
+        self.homeserver.lock().ok().and_then(|t| *t)
     }
 }
 
 #[rocket::async_trait]
-impl<'r> FromRequest<'r> for &'r HomeserverTime {
+impl<'r> FromRequest<'r> for &'r Timing {
     type Error = std::convert::Infallible;
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
-        Outcome::Success(req.local_cache(HomeserverTime::default))
+        Outcome::Success(req.local_cache(Timing::starting_now))
     }
 }
 
 /// Times each request and writes its log line and metrics.
 pub struct RequestLog;
-
-struct Started(Instant);
 
 #[rocket::async_trait]
 impl Fairing for RequestLog {
@@ -154,14 +188,14 @@ impl Fairing for RequestLog {
     }
 
     async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
-        req.local_cache(|| Started(Instant::now()));
+        req.local_cache(Timing::starting_now);
     }
 
     async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
-        let started = req.local_cache(|| Started(Instant::now())).0;
-        let total = started.elapsed();
+        let timing = req.local_cache(Timing::starting_now);
+        let total = timing.started.elapsed();
         let secs = total.as_secs_f64();
-        if let Some(hs) = req.local_cache(HomeserverTime::default).get() {
+        if let Some(hs) = timing.homeserver() {
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
             res.set_raw_header(
                 "Server-Timing",
