@@ -361,23 +361,47 @@ pub async fn issue_tokens(
     Ok((access, refresh))
 }
 
-/// The grant of a live access token with its client, in one query (userinfo's only one): the
-/// token, the grant and the client must all still exist, unrevoked.
-pub async fn grant_and_client_for_access_token(
+/// What userinfo answers from: the agent and the values shared by the grant, and the client's
+/// settings for the answer.
+#[derive(QueryableByName)]
+pub struct ForUserinfo {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub matrix_user_id: String,
+    #[diesel(sql_type = diesel::sql_types::Jsonb)]
+    pub claims: Value,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub client_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub subject_type: String,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub userinfo_signed: bool,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub id_token_alg: String,
+}
+
+/// userinfo's only query: the token, its grant and their client must all still exist, unrevoked.
+/// Raw SQL kept prepared, reading the six columns the answer needs (the query builder would spell
+/// out and decode both rows whole, and build that text again on every call).
+pub async fn for_userinfo(
     conn: &mut AsyncPgConnection,
     token: &str,
     now: DateTime<Utc>,
-) -> QueryResult<Option<(Grant, Client)>> {
-    oidc_tokens::table
-        .inner_join(oidc_grants::table)
-        .inner_join(oidc_clients::table.on(oidc_clients::client_id.eq(oidc_grants::client_id)))
-        .filter(oidc_tokens::token_hash.eq(crypto::sha256(token.as_bytes())))
-        .filter(oidc_tokens::kind.eq("access"))
-        .filter(oidc_tokens::expires_at.gt(now))
-        .filter(oidc_tokens::revoked_at.is_null())
-        .filter(oidc_grants::revoked_at.is_null())
-        .select((Grant::as_select(), Client::as_select()))
-        .first(conn)
+) -> QueryResult<Option<ForUserinfo>> {
+    use diesel::sql_types::{Bytea, Timestamptz};
+    struct Userinfo;
+    let statement = diesel::sql_query(
+        "SELECT g.matrix_user_id, g.claims, c.client_id, c.subject_type, c.userinfo_signed,
+                c.id_token_alg
+         FROM oidc_tokens t
+         JOIN oidc_grants g ON g.id = t.grant_id
+         JOIN oidc_clients c ON c.client_id = g.client_id
+         WHERE t.token_hash = $1 AND t.kind = 'access' AND t.expires_at > $2
+           AND t.revoked_at IS NULL AND g.revoked_at IS NULL",
+    )
+    .bind::<Bytea, _>(crypto::sha256(token.as_bytes()))
+    .bind::<Timestamptz, _>(now);
+    crate::db::prepared::<Userinfo, _>(statement)
+        .get_result(conn)
         .await
         .optional()
 }

@@ -431,20 +431,29 @@ async fn userinfo(
     let Ok(mut conn) = db.get().await else {
         return Api::unavailable();
     };
-    let (grant, client) =
-        match grants::grant_and_client_for_access_token(&mut conn, &token, Utc::now()).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return invalid("unknown, expired or revoked token"),
-            Err(_) => return Api::unavailable(),
-        };
+    let found = match grants::for_userinfo(&mut conn, &token, Utc::now()).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return invalid("unknown, expired or revoked token"),
+        Err(_) => return Api::unavailable(),
+    };
     // The connection goes back to the pool before the answer is built (and maybe signed).
     drop(conn);
-    let mut body = json!({ "sub": claims::subject(keys, &client.subject_type, &client.client_id, &grant.matrix_user_id) });
-    if let (Some(b), Some(c)) = (body.as_object_mut(), grant.claims.as_object()) {
-        b.extend(c.clone());
+    let mut body = serde_json::Map::new();
+    body.insert(
+        "sub".into(),
+        json!(claims::subject(
+            keys,
+            &found.subject_type,
+            &found.client_id,
+            &found.matrix_user_id
+        )),
+    );
+    if let Value::Object(shared) = found.claims {
+        body.extend(shared);
     }
-    if client.userinfo_signed {
-        let Ok(key) = ring.get(&client.id_token_alg) else {
+    let mut body = Value::Object(body);
+    if found.userinfo_signed {
+        let Ok(key) = ring.get(&found.id_token_alg) else {
             return Api::error(
                 Status::InternalServerError,
                 "server_error",
@@ -452,7 +461,7 @@ async fn userinfo(
             );
         };
         body["iss"] = json!(config.public_url());
-        body["aud"] = json!(client.client_id);
+        body["aud"] = json!(found.client_id);
         body["iat"] = json!(Utc::now().timestamp());
         return match jwt::sign(&key, &body, Some("JWT")) {
             Ok(signed) => Api {

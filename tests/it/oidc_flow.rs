@@ -1196,8 +1196,8 @@ async fn discovery_announces_revocation_introspection_and_logout() {
     }
 }
 
-/// The statements of an authorization and a code's redemption (raw SQL) are prepared once per
-/// connection and reused, and a whole flow needs one connection at a time.
+/// The statements of an authorization, a code's redemption and userinfo (raw SQL) are prepared
+/// once per connection and reused, and a whole flow needs one connection at a time.
 #[rocket::async_test]
 async fn whole_flows_reuse_their_prepared_statements_on_one_connection() {
     let db = TestDb::new().await;
@@ -1222,6 +1222,11 @@ async fn whole_flows_reuse_their_prepared_statements_on_one_connection() {
         runs_of(&prepared, "UPDATE oidc_codes"),
         2,
         "two redemptions"
+    );
+    assert_eq!(
+        runs_of(&prepared, "FROM oidc_tokens t"),
+        2,
+        "two userinfo answers"
     );
 }
 
