@@ -79,6 +79,9 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
                 }
             },
         ))
+        // Rocket's default Shield sets three headers on every response that `SecurityHeaders`
+        // (in web::stage) sets again with the portal's values; an empty Shield replaces it.
+        .attach(rocket::shield::Shield::new())
         .attach(web::stage(&config))
         .attach(accounts::stage(&config))
         .attach(oidc::stage(&config))
