@@ -79,10 +79,6 @@ impl HmacKey {
     }
 }
 
-pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    Ok(HmacKey::new(key).mac(data).to_vec())
-}
-
 /// Constant-time equality; different lengths are unequal (length is not secret here).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && openssl::memcmp::eq(a, b)
@@ -120,10 +116,13 @@ impl Keys {
         self.root.mac(purpose.as_bytes()).to_vec()
     }
 
-    pub fn hmac(&self, purpose: &str, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        Ok(HmacKey::new(&self.root.mac(purpose.as_bytes()))
-            .mac(data)
-            .to_vec())
+    /// The HMAC key for one purpose, to MAC many messages with one derivation.
+    pub fn hmac_key(&self, purpose: &str) -> HmacKey {
+        HmacKey::new(&self.root.mac(purpose.as_bytes()))
+    }
+
+    pub fn hmac(&self, purpose: &str, data: &[u8]) -> Vec<u8> {
+        self.hmac_key(purpose).mac(data).to_vec()
     }
 
     /// AES-256-GCM with a random 96-bit nonce: `nonce || ciphertext || tag`.

@@ -97,7 +97,7 @@ pub enum BookError {
 }
 
 /// The HMAC the IVR looks up and the exclusion constraint compares.
-pub fn pin_hmac(keys: &Keys, number: &str, pin: &str) -> Result<Vec<u8>, crypto::CryptoError> {
+pub fn pin_hmac(keys: &Keys, number: &str, pin: &str) -> Vec<u8> {
     keys.hmac(PIN_PURPOSE, pin_input(number, pin).as_bytes())
 }
 
@@ -107,7 +107,7 @@ fn pin_input(number: &str, pin: &str) -> String {
     format!("{number}|{pin}")
 }
 
-pub fn email_hmac(keys: &Keys, email: &str) -> Result<Vec<u8>, crypto::CryptoError> {
+pub fn email_hmac(keys: &Keys, email: &str) -> Vec<u8> {
     keys.hmac("audioconf-email", email.trim().to_lowercase().as_bytes())
 }
 
@@ -159,15 +159,12 @@ async fn free_candidates(
         .await?
         .into_iter()
         .collect();
-    let key = keys.derive(PIN_PURPOSE);
+    let key = keys.hmac_key(PIN_PURPOSE);
     let width = settings.pin_length as usize;
     let mut free = Vec::new();
     for n in 0..space {
         let pin = format!("{n:0width$}");
-        if !taken.contains(&crypto::hmac_sha256(
-            &key,
-            pin_input(number, &pin).as_bytes(),
-        )?) {
+        if !taken.contains(key.mac(pin_input(number, &pin).as_bytes()).as_slice()) {
             free.push(pin);
         }
     }
@@ -192,7 +189,7 @@ pub async fn book(
         return Err(BookError::NoNumbers);
     }
     let domain = super::domains::domain_of(new.email).unwrap_or_default();
-    let email_mac = email_hmac(keys, new.email)?;
+    let email_mac = email_hmac(keys, new.email);
     conn.transaction::<_, BookError, _>(async |conn| {
         for number in shuffled(&settings.numbers)? {
             let mut pins = random_candidates(settings)?;
@@ -204,7 +201,7 @@ pub async fn book(
                 }
                 let public_id = crypto::random_token(12)?;
                 let cancel_token = crypto::random_token(32)?;
-                let mac = pin_hmac(keys, &number, &pin)?;
+                let mac = pin_hmac(keys, &number, &pin);
                 let sealed =
                     keys.encrypt("audioconf-pin-enc", pin.as_bytes(), &pin_aad(&public_id))?;
                 // A savepoint per attempt: a PIN conflict rolls back this insert only.

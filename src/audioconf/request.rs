@@ -54,7 +54,7 @@ pub enum Limited {
     Ip,
 }
 
-fn ip_hmac(keys: &Keys, ip: Option<std::net::IpAddr>) -> Result<Vec<u8>, crypto::CryptoError> {
+fn ip_hmac(keys: &Keys, ip: Option<std::net::IpAddr>) -> Vec<u8> {
     let ip = ip.map(|i| i.to_string()).unwrap_or_default();
     keys.hmac("audioconf-ip", ip.as_bytes())
 }
@@ -131,8 +131,8 @@ pub async fn create(
     lang: Lang,
     now: DateTime<Utc>,
 ) -> Result<Result<(), Limited>, BookError> {
-    let email_mac = booking::email_hmac(keys, email)?;
-    let ip_mac = ip_hmac(keys, ip)?;
+    let email_mac = booking::email_hmac(keys, email);
+    let ip_mac = ip_hmac(keys, ip);
     match over_limits(conn, settings, &email_mac, Some(&ip_mac), now).await? {
         (true, _) => return Ok(Err(Limited::Email)),
         (_, true) => return Ok(Err(Limited::Ip)),

@@ -677,7 +677,7 @@ pub async fn callback(
         ));
     }
     let now = Utc::now();
-    let mac = booking::email_hmac(keys, &email)?;
+    let mac = booking::email_hmac(keys, &email);
     if request::over_email_limit(&mut conn, settings, &mac, now).await? {
         errors.form(ctx.lang.t("audioconf.limit.email"));
         return Ok(pages::form_page(

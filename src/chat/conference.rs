@@ -177,7 +177,7 @@ async fn book_for_room(
                     ],
                 )));
             }
-            let mac = booking::email_hmac(keys, &email)?;
+            let mac = booking::email_hmac(keys, &email);
             if request::over_email_limit(conn, settings, &mac, now).await? {
                 return Ok(Outcome::Refused(lang.t("audioconf.limit.email").into()));
             }

@@ -257,11 +257,7 @@ async fn check(
 
 /// The session identifier a service sees (`sid`): not the row id itself.
 pub fn sid(keys: &Keys, session_id: i64) -> String {
-    crypto::b64url(
-        &keys
-            .hmac("oidc-sid", &session_id.to_be_bytes())
-            .unwrap_or_default(),
-    )
+    crypto::b64url(&keys.hmac("oidc-sid", &session_id.to_be_bytes()))
 }
 
 /// Issues the code and sends the agent back to the service.

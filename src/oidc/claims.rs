@@ -34,7 +34,7 @@ pub fn subject(keys: &Keys, subject_type: &str, client_id: &str, matrix_user_id:
             format!("{client_id}|{matrix_user_id}").as_bytes(),
         )
     };
-    crypto::b64url(&mac.unwrap_or_default())
+    crypto::b64url(&mac)
 }
 
 /// The requested scopes the portal knows, `openid` first, unknown ones dropped.

@@ -211,7 +211,7 @@ fn refusal(
     redeemed: &grants::Redeemed,
     client: &Client,
     redirect_uri: &str,
-    verifier: Option<&str>,
+    challenge: Option<&str>,
 ) -> Api {
     let bad = |d: &str| Api::error(Status::BadRequest, "invalid_grant", d);
     if redeemed.grant.client_id != client.client_id {
@@ -220,10 +220,9 @@ fn refusal(
     if redeemed.redirect_uri != redirect_uri {
         return bad("redirect_uri differs from the authorization request");
     }
-    match (&redeemed.code_challenge, verifier) {
-        (Some(challenge), Some(verifier)) => {
-            let computed = crypto::b64url(&crypto::sha256(verifier.as_bytes()));
-            if !crypto::constant_time_eq(computed.as_bytes(), challenge.as_bytes()) {
+    match (&redeemed.code_challenge, challenge) {
+        (Some(expected), Some(computed)) => {
+            if !crypto::constant_time_eq(computed.as_bytes(), expected.as_bytes()) {
                 return bad("code_verifier does not match");
             }
         }
@@ -279,8 +278,11 @@ pub async fn token(
                     "code and redirect_uri are required",
                 );
             };
-            let verifier = form.code_verifier.as_deref();
-            let challenge = verifier.map(|v| crypto::b64url(&crypto::sha256(v.as_bytes())));
+            // The challenge the verifier answers (RFC 7636 S256), compared with the code's.
+            let challenge = form
+                .code_verifier
+                .as_deref()
+                .map(|v| crypto::b64url(&crypto::sha256(v.as_bytes())));
             let exchange = grants::Exchange {
                 client_id: &client.client_id,
                 client_public: client.public,
@@ -296,7 +298,7 @@ pub async fn token(
                     refresh,
                 })) => (grant, true, access, refresh),
                 Ok(Ok(Redemption::Refused(redeemed))) => {
-                    return refusal(&redeemed, &client, redirect_uri, verifier)
+                    return refusal(&redeemed, &client, redirect_uri, challenge.as_deref())
                 }
                 Ok(Err(RedeemError::Replayed)) => {
                     tracing::warn!(client = %client.client_id, "authorization code replayed: grant revoked");

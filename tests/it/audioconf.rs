@@ -48,6 +48,16 @@ async fn post(app: &TestApp, path: &str, body: String) -> (Status, String) {
     (status, body)
 }
 
+/// How many booking requests the database holds.
+async fn requests_recorded(app: &TestApp) -> i64 {
+    let mut conn = app.db.conn().await;
+    audioconf_requests::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .expect("count the requests")
+}
+
 async fn request_link(app: &TestApp, email: &str, when: &str) -> (Status, String) {
     let (_, page) = get(app, "/audioconf").await;
     post(
@@ -266,13 +276,11 @@ async fn refused_domains_bad_input_and_limits_keep_the_input_and_explain() {
     let (status, page) = request_link(&app, "a@agent.gouv.fr", "when=duration&duration=17").await;
     assert_eq!(status, Status::UnprocessableEntity);
     assert!(page.contains("Choisissez une durée dans la liste."));
-    let mut conn = app.db.conn().await;
-    let n: i64 = audioconf_requests::table
-        .count()
-        .get_result(&mut conn)
-        .await
-        .expect("n");
-    assert_eq!(n, 0, "nothing recorded for refused requests");
+    assert_eq!(
+        requests_recorded(&app).await,
+        0,
+        "nothing recorded for refused requests"
+    );
 
     // The daily limit per address: the third request is refused with a message and 429.
     for _ in 0..2 {
@@ -328,13 +336,11 @@ async fn the_daily_limit_per_client_address_counts_every_address_asked_for() {
     assert_eq!(status, Status::TooManyRequests);
     assert!(page.contains("depuis votre réseau"));
     assert!(page.contains("value=\"c@agent.gouv.fr\""), "input kept");
-    let mut conn = app.db.conn().await;
-    let n: i64 = audioconf_requests::table
-        .count()
-        .get_result(&mut conn)
-        .await
-        .expect("n");
-    assert_eq!(n, 2, "the refused request is not recorded");
+    assert_eq!(
+        requests_recorded(&app).await,
+        2,
+        "the refused request is not recorded"
+    );
     // The count and the insert (request + mail) are raw SQL, kept prepared all the same.
     let prepared = app.prepared_runs().await;
     assert_eq!(runs_of(&prepared, "LIMIT $5"), 3, "three counts");
@@ -713,13 +719,7 @@ async fn bad_ivr_requests_unknown_cancel_links_and_a_missing_number_pool_are_ans
     assert_eq!(status, Status::UnprocessableEntity);
     assert!(page.contains("aucun numéro n’est configuré"));
     assert!(page.contains("value=\"a@agent.gouv.fr\""));
-    let mut conn = empty.db.conn().await;
-    let n: i64 = audioconf_requests::table
-        .count()
-        .get_result(&mut conn)
-        .await
-        .expect("n");
-    assert_eq!(n, 0);
+    assert_eq!(requests_recorded(&empty).await, 0);
 }
 
 #[rocket::async_test]

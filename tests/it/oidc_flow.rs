@@ -1328,3 +1328,29 @@ async fn a_refused_exchange_says_why_issues_nothing_and_spends_the_code() {
     .await;
     assert_eq!(s, Status::Ok, "{t}");
 }
+
+/// With the database gone, the token endpoint and userinfo say so as RFC 6749 asks (503,
+/// `temporarily_unavailable`, never cached) instead of failing the service's request blindly.
+#[rocket::async_test]
+async fn token_and_userinfo_answer_503_while_the_database_is_down() {
+    let (app, rp, _) = setup().await;
+    let code = code_for(&app, &rp, "").await;
+    let (s, tokens) = exchange(&app, &rp, &code).await;
+    assert_eq!(s, Status::Ok, "{tokens}");
+    let at = tokens["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_owned();
+    let code = code_for(&app, &rp, "").await;
+    app.db.drop_now().await;
+    let (s, e) = exchange(&app, &rp, &code).await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (Status::ServiceUnavailable, Some("temporarily_unavailable"))
+    );
+    let (s, e) = userinfo_get(&app, &at).await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (Status::ServiceUnavailable, Some("temporarily_unavailable"))
+    );
+}
