@@ -1,4 +1,5 @@
 //! Operator commands other than `serve`: each returns what to print, or an error message.
+//! Arguments are matched by hand: a few fixed words and flags do not need a parser crate.
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -7,17 +8,21 @@ use chrono::Utc;
 use rocket::figment::Figment;
 
 use crate::config::Config;
-use crate::crypto::Keys;
 use crate::db::Db;
 use crate::mail::{enqueue, Mail, Mailer};
 use crate::oidc::{clients, keys};
+use crate::secrets;
 
 pub const USAGE: &str = "usage: tchap-portal [COMMAND]
 
   serve                 run the portal (default): migrations, mail worker, web server
   migrate               apply pending database migrations and exit
   mail-test ADDRESS     queue a test mail to ADDRESS (a running portal's worker sends it)
-  keys rotate           new signing keys; the old public keys stay published until what they signed expires
+  keys rotate           new signing keys, published at once, signing after oidc.key_publish_before_use_secs;
+                        the old public keys stay published until what they signed expires
+  secrets reencrypt [--batch N]
+                        seal every encrypted value again under secret_key (N rows at a time, 500 by
+                        default); safe while the portal serves; then previous_secret_keys can be emptied
   client add --name NAME --redirect-uri URI [--redirect-uri URI…] [--public]
              [--post-logout-redirect-uri URI…] [--subject-type pairwise|public]
              [--id-token-alg RS256|ES256] [--userinfo-signed]
@@ -90,6 +95,11 @@ pub async fn run(args: &[String], figment: &Figment) -> Result<String, String> {
             for v in applied {
                 let _ = writeln!(out, "  {v}");
             }
+            // The stable keys are written now, from the secret in use, before anything rotates.
+            let (config, mut conn) = connect(figment).await?;
+            secrets::load(&mut conn, &config.keys())
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(out)
         }
         ["mail-test", to] => {
@@ -104,16 +114,41 @@ pub async fn run(args: &[String], figment: &Figment) -> Result<String, String> {
         }
         ["keys", "rotate"] => {
             let (config, mut conn) = connect(figment).await?;
-            let grace = chrono::Duration::seconds(config.settings.oidc.id_token_ttl_secs)
-                + chrono::Duration::hours(1);
-            let kids = keys::rotate(&mut conn, &Keys::new(&config.secret_key), grace, Utc::now())
+            let oidc = &config.settings.oidc;
+            let grace =
+                chrono::Duration::seconds(oidc.id_token_ttl_secs) + chrono::Duration::hours(1);
+            let delay = chrono::Duration::seconds(oidc.key_publish_before_use_secs);
+            let now = Utc::now();
+            let kids = keys::rotate(&mut conn, &config.keys(), delay, grace, now)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(format!(
-                "new signing keys: {}\nprevious keys stay published for {} minutes; running portals switch within a minute\n",
+                "new signing keys: {}\npublished now; they sign from {} (oidc.key_publish_before_use_secs), when the previous keys retire; those stay published {} minutes more\n",
                 kids.join(", "),
+                (now + delay).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 grace.num_minutes()
             ))
+        }
+        ["secrets", "reencrypt", rest @ ..] => {
+            let batch = match rest {
+                [] => 500,
+                ["--batch", n] => n
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("--batch needs a positive number")?,
+                _ => return Err(format!("unknown option\n\n{USAGE}")),
+            };
+            let (config, mut conn) = connect(figment).await?;
+            let report = secrets::reencrypt(&mut conn, &config.keys(), batch)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut out = report.text();
+            if report.unreadable() > 0 {
+                let _ = writeln!(out, "warning: {} value(s) open with no configured key (lost with a key no longer configured): they stay as they are; sessions among them end at their next use", report.unreadable());
+            }
+            let _ = writeln!(out, "every other value now opens with secret_key alone: previous_secret_keys can be emptied once every running portal uses this secret_key");
+            Ok(out)
         }
         ["client", "add", rest @ ..] => {
             let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();

@@ -19,6 +19,9 @@ pub struct Settings {
     pub database_url: Option<String>,
     /// Base64 of at least 32 random bytes: derives the CSRF, encryption and HMAC keys.
     pub secret_key: Option<String>,
+    /// Older secret keys (base64), newest first: they still open and verify what they sealed and
+    /// signed until `tchap-portal secrets reencrypt` has moved everything to `secret_key`.
+    pub previous_secret_keys: Vec<String>,
     /// Matrix IDs of the portal's administrators (the admin pages: services, AudioConf domains).
     pub admins: Vec<String>,
     pub db: DbSettings,
@@ -92,6 +95,9 @@ pub struct OidcSettings {
     pub access_token_ttl_secs: i64,
     pub id_token_ttl_secs: i64,
     pub refresh_token_ttl_hours: i64,
+    /// After `keys rotate`, new signing keys are published this long before they sign anything,
+    /// so that services caching the JWKS know them first.
+    pub key_publish_before_use_secs: i64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -187,6 +193,7 @@ impl Default for Settings {
             public_url: "http://127.0.0.1:8000".into(),
             database_url: None,
             secret_key: None,
+            previous_secret_keys: vec![],
             admins: vec![],
             db: DbSettings {
                 pool_size: 16,
@@ -254,6 +261,7 @@ impl Default for Settings {
                 access_token_ttl_secs: 600,
                 id_token_ttl_secs: 600,
                 refresh_token_ttl_hours: 12,
+                key_publish_before_use_secs: 3600,
             },
         }
     }
@@ -266,6 +274,7 @@ pub struct Config {
     pub release: bool,
     pub database_url: String,
     pub secret_key: Vec<u8>,
+    pub previous_secret_keys: Vec<Vec<u8>>,
     pub public_origin: String,
 }
 
@@ -349,11 +358,26 @@ impl Config {
                 "is the development key: generate one with `openssl rand -base64 32`",
             ));
         }
-        let secret_key = base64::engine::general_purpose::STANDARD
-            .decode(key_b64.trim())
-            .map_err(|_| bad("secret_key", "is not valid base64"))?;
-        if secret_key.len() < 32 {
-            return Err(bad("secret_key", "must decode to at least 32 bytes"));
+        let decode = |setting, b64: &str| {
+            let key = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|_| bad(setting, "is not valid base64"))?;
+            if key.len() < 32 {
+                return Err(bad(setting, "must decode to at least 32 bytes"));
+            }
+            Ok(key)
+        };
+        let secret_key = decode("secret_key", &key_b64)?;
+        let mut previous_secret_keys = Vec::new();
+        for b64 in &settings.previous_secret_keys {
+            let key = decode("previous_secret_keys", b64)?;
+            if key == secret_key || previous_secret_keys.contains(&key) {
+                return Err(bad(
+                    "previous_secret_keys",
+                    "lists secret_key or one key twice: keep only the older keys",
+                ));
+            }
+            previous_secret_keys.push(key);
         }
 
         let public_url = settings.public_url.trim_end_matches('/').to_owned();
@@ -436,6 +460,12 @@ impl Config {
                 "must be between 1 and 3600 seconds",
             ));
         }
+        if !(0..=30 * 86400).contains(&o.key_publish_before_use_secs) {
+            return Err(bad(
+                "oidc.key_publish_before_use_secs",
+                "must be between 0 and 2592000 seconds (30 days)",
+            ));
+        }
         if o.refresh_token_ttl_hours < 1 {
             return Err(bad("oidc.refresh_token_ttl_hours", "must be at least 1"));
         }
@@ -512,12 +542,18 @@ impl Config {
             release,
             database_url,
             secret_key,
+            previous_secret_keys,
             public_origin,
             settings: Settings {
                 public_url,
                 ..settings
             },
         })
+    }
+
+    /// The key ring: `secret_key` for new data, `previous_secret_keys` still accepted.
+    pub fn keys(&self) -> crate::crypto::Keys {
+        crate::crypto::Keys::with_previous(&self.secret_key, &self.previous_secret_keys)
     }
 
     pub fn public_url(&self) -> &str {
@@ -602,6 +638,18 @@ mod tests {
             (
                 "mail.transport",
                 Box::new(|s| s.mail.transport = MailTransport::File),
+            ),
+            (
+                "previous_secret_keys",
+                Box::new(|s| s.previous_secret_keys = vec!["not base64!".into()]),
+            ),
+            (
+                "previous_secret_keys",
+                Box::new(|s| s.previous_secret_keys = vec![s.secret_key.clone().unwrap_or_default()]),
+            ),
+            (
+                "oidc.key_publish_before_use_secs",
+                Box::new(|s| s.oidc.key_publish_before_use_secs = -1),
             ),
             ("mail.smtp_host", Box::new(|s| s.mail.smtp_host = None)),
             (

@@ -1,6 +1,9 @@
 //! Secrets: random tokens from openssl's CSPRNG, SHA-256 for stored credentials, HMAC-SHA256,
-//! constant-time comparison and AES-256-GCM encryption at rest. Keys are derived from the one
-//! `secret_key` setting, one per purpose, so that no two features share a key.
+//! constant-time comparison and AES-256-GCM encryption at rest. Keys are derived from the
+//! `secret_key` setting, one per purpose, so that no two features share a key; older secrets
+//! (`previous_secret_keys`) still open and verify what they sealed and signed.
+
+use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -13,6 +16,9 @@ pub enum CryptoError {
     OpenSsl(#[from] openssl::error::ErrorStack),
     #[error("ciphertext is malformed")]
     Malformed,
+    /// Altered, or sealed with a secret that is neither `secret_key` nor in `previous_secret_keys`.
+    #[error("sealed with a key that is neither secret_key nor one of previous_secret_keys (or altered)")]
+    UnknownKey,
 }
 
 /// `n` bytes from openssl's CSPRNG.
@@ -92,10 +98,56 @@ pub fn b64url_decode(s: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(s).ok()
 }
 
-/// The portal's keys, each derived from `secret_key` for one purpose.
+/// What is derived by HMAC from the secret and then stored or published for lookup: a rotation
+/// of `secret_key` must not change it, so each purpose's key is kept in the database (see
+/// `crate::secrets`), sealed under the key ring, instead of being derived again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stable {
+    /// `sub` for services with public subjects.
+    SubjectPublic,
+    /// `sub` for services with pairwise subjects.
+    SubjectPairwise,
+    /// `sid` in ID tokens (services keep it to match logouts).
+    Sid,
+    /// AudioConf PINs (the IVR looks them up, an exclusion constraint compares them).
+    AudioconfPin,
+    /// AudioConf email addresses (limits, retention, lookups).
+    AudioconfEmail,
+    /// AudioConf client addresses (limits).
+    AudioconfIp,
+}
+
+impl Stable {
+    pub const ALL: [Stable; 6] = [
+        Stable::SubjectPublic,
+        Stable::SubjectPairwise,
+        Stable::Sid,
+        Stable::AudioconfPin,
+        Stable::AudioconfEmail,
+        Stable::AudioconfIp,
+    ];
+
+    /// The purpose string each was derived with before it was stored, so existing values stay.
+    pub fn purpose(self) -> &'static str {
+        match self {
+            Stable::SubjectPublic => "oidc-subject-public",
+            Stable::SubjectPairwise => "oidc-subject-pairwise",
+            Stable::Sid => "oidc-sid",
+            Stable::AudioconfPin => "audioconf-pin",
+            Stable::AudioconfEmail => "audioconf-email",
+            Stable::AudioconfIp => "audioconf-ip",
+        }
+    }
+}
+
+/// The portal's keys. A ring of secrets: the current `secret_key` derives every new key (one per
+/// purpose), `previous_secret_keys` still open what they sealed and still verify what they signed;
+/// the [`Stable`] keys never change with a rotation.
 #[derive(Clone)]
 pub struct Keys {
-    root: HmacKey,
+    /// The root of each secret, the current one first.
+    ring: Arc<[HmacKey]>,
+    stable: Arc<[HmacKey; Stable::ALL.len()]>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -105,28 +157,63 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
+    /// One secret, whose own derivations are the stable keys (as on a new database).
     pub fn new(secret_key: &[u8]) -> Keys {
+        Keys::with_previous(secret_key, &[])
+    }
+
+    /// The current secret and older ones still accepted, newest first.
+    pub fn with_previous(current: &[u8], previous: &[Vec<u8>]) -> Keys {
+        let ring: Vec<HmacKey> = std::iter::once(current)
+            .chain(previous.iter().map(Vec::as_slice))
+            .map(HmacKey::new)
+            .collect();
+        let stable = Arc::new(Stable::ALL.map(|s| HmacKey::new(&ring[0].mac(s.purpose().as_bytes()))));
         Keys {
-            root: HmacKey::new(secret_key),
+            ring: ring.into(),
+            stable,
         }
     }
 
-    /// HKDF-like derivation: one HMAC of the purpose under the root key.
+    /// The same ring with the stable keys read from the database, in [`Stable::ALL`] order.
+    pub fn with_stable(&self, stable: [Vec<u8>; Stable::ALL.len()]) -> Keys {
+        Keys {
+            ring: self.ring.clone(),
+            stable: Arc::new(stable.map(|k| HmacKey::new(&k))),
+        }
+    }
+
+    /// HKDF-like derivation from the current secret: one HMAC of the purpose under its root.
     pub fn derive(&self, purpose: &str) -> Vec<u8> {
-        self.root.mac(purpose.as_bytes()).to_vec()
+        self.derive_with(0, purpose)
     }
 
-    /// The HMAC key for one purpose, to MAC many messages with one derivation.
-    pub fn hmac_key(&self, purpose: &str) -> HmacKey {
-        HmacKey::new(&self.root.mac(purpose.as_bytes()))
+    /// The derivation for `purpose` from the ring's `index`-th secret (0: the current one).
+    pub fn derive_with(&self, index: usize, purpose: &str) -> Vec<u8> {
+        self.ring[index.min(self.ring.len() - 1)]
+            .mac(purpose.as_bytes())
+            .to_vec()
     }
 
-    pub fn hmac(&self, purpose: &str, data: &[u8]) -> Vec<u8> {
-        self.hmac_key(purpose).mac(data).to_vec()
+    /// The HMAC key of a stored or published value: the same before and after a rotation.
+    pub fn stable(&self, which: Stable) -> &HmacKey {
+        &self.stable[which as usize]
     }
 
-    /// AES-256-GCM with a random 96-bit nonce: `nonce || ciphertext || tag`.
-    /// `aad` binds the ciphertext to its context (e.g. the row it belongs to).
+    /// The MAC of `data` for `purpose` under each secret of the ring, the current one first: sign
+    /// with the first, accept any (what was signed before a rotation stays valid until it expires).
+    pub fn macs<'a>(
+        &'a self,
+        purpose: &'a str,
+        data: &'a [u8],
+    ) -> impl Iterator<Item = [u8; 32]> + 'a {
+        self.ring
+            .iter()
+            .map(move |root| HmacKey::new(&root.mac(purpose.as_bytes())).mac(data))
+    }
+
+    /// AES-256-GCM under the current secret with a random 96-bit nonce: `nonce || ciphertext ||
+    /// tag`. `aad` binds the ciphertext to its context (e.g. the row it belongs to).
     pub fn encrypt(&self, purpose: &str, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let key = self.derive(purpose);
         let nonce = random_bytes(12)?;
@@ -142,26 +229,50 @@ impl Keys {
         Ok([nonce, ct, tag.to_vec()].concat())
     }
 
+    /// Opens what any secret of the ring sealed.
     pub fn decrypt(
         &self,
         purpose: &str,
         sealed: &[u8],
         aad: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
+        self.open(purpose, sealed, aad).map(|(plain, _)| plain)
+    }
+
+    /// Opens `sealed`; also says which secret of the ring sealed it (0: the current one).
+    pub fn open(
+        &self,
+        purpose: &str,
+        sealed: &[u8],
+        aad: &[u8],
+    ) -> Result<(Vec<u8>, usize), CryptoError> {
         if sealed.len() < 28 {
             return Err(CryptoError::Malformed);
         }
-        let key = self.derive(purpose);
         let (nonce, rest) = sealed.split_at(12);
         let (ct, tag) = rest.split_at(rest.len() - 16);
-        Ok(decrypt_aead(
-            Cipher::aes_256_gcm(),
-            &key,
-            Some(nonce),
-            aad,
-            ct,
-            tag,
-        )?)
+        for index in 0..self.ring.len() {
+            let key = self.derive_with(index, purpose);
+            // A wrong key fails the tag check: try the next secret.
+            if let Ok(plain) = decrypt_aead(Cipher::aes_256_gcm(), &key, Some(nonce), aad, ct, tag)
+            {
+                return Ok((plain, index));
+            }
+        }
+        Err(CryptoError::UnknownKey)
+    }
+
+    /// `sealed` sealed again under the current secret, or `None` when it already is.
+    pub fn reseal(
+        &self,
+        purpose: &str,
+        sealed: &[u8],
+        aad: &[u8],
+    ) -> Result<Option<Vec<u8>>, CryptoError> {
+        match self.open(purpose, sealed, aad)? {
+            (_, 0) => Ok(None),
+            (plain, _) => self.encrypt(purpose, &plain, aad).map(Some),
+        }
     }
 }
 
@@ -242,6 +353,76 @@ mod tests {
         assert!(keys.decrypt("other", &sealed, b"row-1").is_err());
         let other = Keys::new(b"fedcba9876543210fedcba9876543210");
         assert!(other.decrypt("matrix-token", &sealed, b"row-1").is_err());
+    }
+
+    #[test]
+    fn a_rotated_ring_opens_old_values_reseals_them_and_names_an_unknown_key() {
+        let (old, new) = (
+            b"0123456789abcdef0123456789abcdef".to_vec(),
+            b"fedcba9876543210fedcba9876543210".to_vec(),
+        );
+        let sealed = Keys::new(&old)
+            .encrypt("matrix-token", b"syt_secret", b"row-1")
+            .expect("seal");
+        let ring = Keys::with_previous(&new, std::slice::from_ref(&old));
+        let (plain, index) = ring.open("matrix-token", &sealed, b"row-1").expect("open");
+        assert_eq!((plain.as_slice(), index), (&b"syt_secret"[..], 1));
+        let resealed = ring
+            .reseal("matrix-token", &sealed, b"row-1")
+            .expect("reseal")
+            .expect("sealed again under the new key");
+        assert_eq!(
+            Keys::new(&new)
+                .decrypt("matrix-token", &resealed, b"row-1")
+                .expect("the new key alone opens it"),
+            b"syt_secret"
+        );
+        assert!(ring
+            .reseal("matrix-token", &resealed, b"row-1")
+            .expect("reseal")
+            .is_none());
+        // Without the old key: a clear error, not a panic; nor on a value too short or altered.
+        let err = Keys::new(&new)
+            .decrypt("matrix-token", &sealed, b"row-1")
+            .expect_err("unknown key");
+        assert!(matches!(err, CryptoError::UnknownKey));
+        assert!(err.to_string().contains("previous_secret_keys"));
+        assert!(matches!(
+            ring.decrypt("matrix-token", b"short", b"row-1"),
+            Err(CryptoError::Malformed)
+        ));
+        let mut altered = resealed.clone();
+        altered[14] ^= 1;
+        assert!(ring.decrypt("matrix-token", &altered, b"row-1").is_err());
+    }
+
+    #[test]
+    fn stable_keys_do_not_follow_the_current_secret() {
+        let (old, new) = (
+            b"0123456789abcdef0123456789abcdef".to_vec(),
+            b"fedcba9876543210fedcba9876543210".to_vec(),
+        );
+        let before = Keys::new(&old);
+        // What a database initialised under the old key keeps.
+        let stored = Stable::ALL.map(|s| before.derive(s.purpose()));
+        let rotated = Keys::with_previous(&new, &[old]).with_stable(stored);
+        for s in Stable::ALL {
+            assert_eq!(
+                before.stable(s).mac(b"@agent:server"),
+                rotated.stable(s).mac(b"@agent:server"),
+                "{s:?}"
+            );
+            assert_ne!(
+                Keys::new(&new).stable(s).mac(b"@agent:server"),
+                rotated.stable(s).mac(b"@agent:server")
+            );
+        }
+        // Signatures: the current secret signs, both verify.
+        let old_mac = before.macs("csrf", b"x").next().expect("one");
+        let macs: Vec<[u8; 32]> = rotated.macs("csrf", b"x").collect();
+        assert_eq!(macs.len(), 2);
+        assert_eq!(macs[1], old_mac);
+        assert_ne!(macs[0], old_mac);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod logging;
 pub mod mail;
 pub mod oidc;
+pub mod secrets;
 pub mod web;
 
 use std::time::Duration;
@@ -23,7 +24,6 @@ use rocket::figment::Figment;
 use rocket::{Build, Rocket};
 
 use crate::config::{Config, ConfigError};
-use crate::crypto::Keys;
 use crate::db::Db;
 
 /// The application for `figment` (see [`config::figment`]); fails with the faulty setting named.
@@ -40,7 +40,7 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
     })?;
     let migrate = config.settings.db.run_migrations;
     let url = config.database_url.clone();
-    let keys = Keys::new(&config.secret_key);
+    let keys = config.keys();
     // Rocket's private cookies (the OpenID client's state) use a key derived from the portal's
     // secret, so there is one secret to configure; an explicit ROCKET_SECRET_KEY still wins.
     let explicit = figment
@@ -56,7 +56,6 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
         figment
     };
     Ok(rocket::custom(figment)
-        .manage(keys)
         .manage(db)
         .attach(AdHoc::try_on_ignite(
             "Migrations",
@@ -79,6 +78,26 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
                 }
             },
         ))
+        // The key ring is managed once its stable keys are read (after the migrations).
+        .attach(AdHoc::try_on_ignite("Secret keys", |rocket| async move {
+            let loaded = match rocket.state::<Db>() {
+                Some(db) => match db.get().await {
+                    Ok(mut conn) => secrets::load(&mut conn, &keys)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                None => Err("no database".into()),
+            };
+            match loaded {
+                Ok(keys) => Ok(rocket.manage(keys)),
+                Err(e) => {
+                    tracing::error!("secret keys: {e}");
+                    eprintln!("error: secret keys: {e}");
+                    Err(rocket)
+                }
+            }
+        }))
         // Rocket's default Shield sets three headers on every response that `SecurityHeaders`
         // (in web::stage) sets again with the portal's values; an empty Shield replaces it.
         .attach(rocket::shield::Shield::new())

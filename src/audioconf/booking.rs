@@ -10,7 +10,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
 
 use crate::config::AudioconfSettings;
-use crate::crypto::{self, Keys};
+use crate::crypto::{self, Keys, Stable};
 use crate::db::schema::audioconf_conferences as conf;
 use crate::mail::{self, Attachment, Mail, Mailer};
 use crate::web::i18n::Lang;
@@ -98,20 +98,25 @@ pub enum BookError {
 
 /// The HMAC the IVR looks up and the exclusion constraint compares.
 pub fn pin_hmac(keys: &Keys, number: &str, pin: &str) -> Vec<u8> {
-    keys.hmac(PIN_PURPOSE, pin_input(number, pin).as_bytes())
+    keys.stable(Stable::AudioconfPin)
+        .mac(pin_input(number, pin).as_bytes())
+        .to_vec()
 }
 
-const PIN_PURPOSE: &str = "audioconf-pin";
+/// What a PIN is sealed for (its plain text is mailed again and shown to its owner).
+pub const PIN_ENC_PURPOSE: &str = "audioconf-pin-enc";
 
 fn pin_input(number: &str, pin: &str) -> String {
     format!("{number}|{pin}")
 }
 
 pub fn email_hmac(keys: &Keys, email: &str) -> Vec<u8> {
-    keys.hmac("audioconf-email", email.trim().to_lowercase().as_bytes())
+    keys.stable(Stable::AudioconfEmail)
+        .mac(email.trim().to_lowercase().as_bytes())
+        .to_vec()
 }
 
-fn pin_aad(public_id: &str) -> Vec<u8> {
+pub fn pin_aad(public_id: &str) -> Vec<u8> {
     format!("audioconf-pin|{public_id}").into_bytes()
 }
 
@@ -159,7 +164,7 @@ async fn free_candidates(
         .await?
         .into_iter()
         .collect();
-    let key = keys.hmac_key(PIN_PURPOSE);
+    let key = keys.stable(Stable::AudioconfPin);
     let width = settings.pin_length as usize;
     let mut free = Vec::new();
     for n in 0..space {
@@ -203,7 +208,7 @@ pub async fn book(
                 let cancel_token = crypto::random_token(32)?;
                 let mac = pin_hmac(keys, &number, &pin);
                 let sealed =
-                    keys.encrypt("audioconf-pin-enc", pin.as_bytes(), &pin_aad(&public_id))?;
+                    keys.encrypt(PIN_ENC_PURPOSE, pin.as_bytes(), &pin_aad(&public_id))?;
                 // A savepoint per attempt: a PIN conflict rolls back this insert only.
                 let inserted = conn
                     .transaction::<i64, DieselError, _>(async |conn| {
@@ -367,7 +372,7 @@ pub struct Conference {
 impl Conference {
     pub fn pin(&self, keys: &Keys) -> Result<String, crypto::CryptoError> {
         let plain = keys.decrypt(
-            "audioconf-pin-enc",
+            PIN_ENC_PURPOSE,
             &self.pin_enc,
             &pin_aad(&self.public_id),
         )?;

@@ -8,7 +8,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
 
 use crate::config::AudioconfSettings;
-use crate::crypto::{self, Keys};
+use crate::crypto::{self, Keys, Stable};
 use crate::db::schema::audioconf_requests as req;
 use crate::mail::{Mail, Mailer};
 use crate::web::i18n::Lang;
@@ -56,7 +56,7 @@ pub enum Limited {
 
 fn ip_hmac(keys: &Keys, ip: Option<std::net::IpAddr>) -> Vec<u8> {
     let ip = ip.map(|i| i.to_string()).unwrap_or_default();
-    keys.hmac("audioconf-ip", ip.as_bytes())
+    keys.stable(Stable::AudioconfIp).mac(ip.as_bytes()).to_vec()
 }
 
 /// How many of the last 24 hours' requests the daily limits see, each count stopping at its

@@ -186,11 +186,20 @@ impl Issuer {
         let id_token = tokens.as_value()["id_token"]
             .as_str()
             .ok_or(RpError::IdToken("missing"))?;
-        let claims = match jwt::verify(id_token, &self.jwks(false).await?) {
-            Err(jwt::JwtError::UnknownKey) => jwt::verify(id_token, &self.jwks(true).await?),
+        let expect = jwt::Expect::IdToken;
+        let claims = match jwt::verify(id_token, &self.jwks(false).await?, expect) {
+            Err(jwt::JwtError::UnknownKey) => {
+                jwt::verify(id_token, &self.jwks(true).await?, expect)
+            }
             other => other,
         }
-        .map_err(|_| RpError::IdToken("signature"))?;
+        .map_err(|e| {
+            RpError::IdToken(match e {
+                jwt::JwtError::Critical => "crit",
+                jwt::JwtError::WrongType => "typ",
+                _ => "signature",
+            })
+        })?;
         check_claims(
             &claims,
             &self.issuer,
@@ -275,21 +284,21 @@ pub fn check_claims(
     if claims["iss"].as_str() != Some(issuer) {
         return Err(RpError::IdToken("iss"));
     }
+    // Core §3.1.3.7 (3): refused if it lists an audience this client does not trust, and this
+    // client trusts no other; an array holding only the client is fine.
     let audience_ok = match &claims["aud"] {
         Value::String(a) => a == client_id,
-        Value::Array(list) => {
-            list.iter().any(|a| a == client_id)
-                && (list.len() == 1 || claims["azp"].as_str() == Some(client_id))
-        }
+        Value::Array(list) => !list.is_empty() && list.iter().all(|a| a == client_id),
         _ => false,
     };
     if !audience_ok {
         return Err(RpError::IdToken("aud"));
     }
-    if let Some(azp) = claims["azp"].as_str() {
-        if azp != client_id {
-            return Err(RpError::IdToken("azp"));
-        }
+    // (5): when present, `azp` names this client.
+    match claims.get("azp") {
+        None => {}
+        Some(Value::String(azp)) if azp == client_id => {}
+        Some(_) => return Err(RpError::IdToken("azp")),
     }
     match claims["exp"].as_i64() {
         Some(exp) if exp + LEEWAY_SECS > now => {}
@@ -741,7 +750,11 @@ mod tests {
             ("iss", json!("https://other.example"), "iss"),
             ("aud", json!("someone-else"), "aud"),
             ("aud", json!(["rp", "other"]), "aud"),
+            ("aud", json!(["other", "rp"]), "aud"),
+            ("aud", json!([]), "aud"),
+            ("aud", Value::Null, "aud"),
             ("azp", json!("other"), "azp"),
+            ("azp", json!(["rp"]), "azp"),
             ("exp", json!(1_000_000), "exp"),
             ("iat", json!(1_000_500), "iat"),
             ("nonce", json!("n2"), "nonce"),
@@ -755,8 +768,15 @@ mod tests {
                 other => panic!("{field}: {other:?}"),
             }
         }
+        // More audiences than the client: refused even when `azp` names the client.
         let mut c = claims();
         c["aud"] = json!(["rp", "other"]);
+        c["azp"] = json!("rp");
+        assert!(matches!(check(&c), Err(RpError::IdToken("aud"))));
+        // Only the client, as an array, with or without `azp`.
+        let mut c = claims();
+        c["aud"] = json!(["rp"]);
+        assert!(check(&c).is_ok());
         c["azp"] = json!("rp");
         assert!(check(&c).is_ok());
     }

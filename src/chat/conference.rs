@@ -247,7 +247,7 @@ pub async fn start(
     tracing::info!(conference = %c.public_id, room = %room_id, "audioconf: room line booked");
     // Announced once: the transaction ID is the conference's, so a retry is not a second message.
     let token = chat.token(user)?;
-    let pin = c.pin(chat.keys).map_err(internal)?;
+    let pin = c.pin(chat.keys).map_err(AppError::from)?;
     let content = announcement(ctx.lang, &c.number, &pin, &c.period());
     let event = send_event(
         chat,
@@ -401,7 +401,7 @@ pub async fn view(
     let today = format::paris_date(Utc::now());
     let mut out = vec![];
     for (c, booked_by) in lines(conn, room_id, today).await? {
-        let pin = c.pin(chat.keys).map_err(internal)?;
+        let pin = c.pin(chat.keys).map_err(AppError::from)?;
         let mut v = booking::view(
             &chat.config.settings.audioconf,
             lang,

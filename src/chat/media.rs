@@ -292,7 +292,7 @@ pub async fn media(
     }
     let token = user
         .access_token(chat.keys)
-        .map_err(|_| Status::InternalServerError)?;
+        .map_err(|_| Status::Forbidden)?;
     let download = format!("/_matrix/client/v1/media/download/{server}/{id}");
     let max = chat.config.settings.matrix.media_max_bytes;
     let home = user.homeserver_url.as_str();

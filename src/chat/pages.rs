@@ -184,7 +184,11 @@ impl Chat<'_> {
 
     /// The agent's homeserver and decrypted access token.
     pub fn token(&self, user: &CurrentUser) -> Result<String, Trouble> {
-        Ok(user.access_token(self.keys)?)
+        // Unreadable (its secret retired from the key ring): the session ends, the agent logs in.
+        user.access_token(self.keys).map_err(|e| {
+            tracing::warn!(error = %e, "session token unreadable: session ended");
+            Trouble::SessionEnded
+        })
     }
 }
 

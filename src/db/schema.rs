@@ -167,6 +167,7 @@ diesel::table! {
         created_at -> Timestamptz,
         retired_at -> Nullable<Timestamptz>,
         unpublish_at -> Nullable<Timestamptz>,
+        active_from -> Timestamptz,
     }
 }
 
@@ -228,6 +229,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    stable_keys (purpose) {
+        purpose -> Text,
+        key_enc -> Bytea,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(audioconf_rooms -> audioconf_conferences (conference_id));
 diesel::joinable!(chat_media -> sessions (session_id));
 diesel::joinable!(chat_rooms -> sessions (session_id));
@@ -253,4 +262,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     oidc_tokens,
     outbox,
     sessions,
+    stable_keys,
 );

@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::accounts::matrix::percent_encode;
 use crate::accounts::session::CurrentUser;
 use crate::config::Config;
-use crate::crypto::{self, Keys};
+use crate::crypto::{self, Keys, Stable};
 use crate::db::Db;
 use crate::web::errors::AppError;
 use crate::web::headers::CSP;
@@ -257,7 +257,7 @@ async fn check(
 
 /// The session identifier a service sees (`sid`): not the row id itself.
 pub fn sid(keys: &Keys, session_id: i64) -> String {
-    crypto::b64url(&keys.hmac("oidc-sid", &session_id.to_be_bytes()))
+    crypto::b64url(&keys.stable(Stable::Sid).mac(&session_id.to_be_bytes()))
 }
 
 /// Issues the code and sends the agent back to the service.

@@ -3,7 +3,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::accounts::session::CurrentUser;
-use crate::crypto::{self, Keys};
+use crate::crypto::{self, Keys, Stable};
 use crate::web::i18n::Lang;
 
 use super::discovery::SCOPES;
@@ -27,12 +27,11 @@ pub fn parse_display_name(display: &str) -> (Option<String>, Option<String>, Opt
 /// The subject for a client: pairwise (different per client, unlinkable) or public (same for all).
 pub fn subject(keys: &Keys, subject_type: &str, client_id: &str, matrix_user_id: &str) -> String {
     let mac = if subject_type == "public" {
-        keys.hmac("oidc-subject-public", matrix_user_id.as_bytes())
+        keys.stable(Stable::SubjectPublic)
+            .mac(matrix_user_id.as_bytes())
     } else {
-        keys.hmac(
-            "oidc-subject-pairwise",
-            format!("{client_id}|{matrix_user_id}").as_bytes(),
-        )
+        keys.stable(Stable::SubjectPairwise)
+            .mac(format!("{client_id}|{matrix_user_id}").as_bytes())
     };
     crypto::b64url(&mac)
 }

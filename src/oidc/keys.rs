@@ -1,6 +1,7 @@
 //! Signing keys: one active RS256 and one active ES256 key, generated with openssl, their private
-//! parts encrypted in the database. Rotation retires the active keys and adds new ones; retired
-//! public keys stay in the JWKS until what they signed has expired.
+//! parts encrypted in the database. Rotation adds new keys, published at once but signing only
+//! from `active_from` on (`oidc.key_publish_before_use_secs` later), when the old ones retire;
+//! retired public keys stay in the JWKS until what they signed has expired.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -19,7 +20,8 @@ use crate::crypto::{self, CryptoError, Keys};
 use crate::db::schema::oidc_keys;
 
 pub const ALGS: [&str; 2] = ["RS256", "ES256"];
-const PURPOSE: &str = "oidc-signing-key";
+/// What the private keys are sealed for.
+pub const PURPOSE: &str = "oidc-signing-key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -49,20 +51,42 @@ fn alg_static(alg: &str) -> &'static str {
     }
 }
 
-/// The active keys, kept in memory and refreshed from the database (a rotation made by the CLI in
-/// another process reaches every instance at the next refresh).
+/// A key that signs, or will: from `from` until `until` (if it is already set to retire).
+#[derive(Clone)]
+struct Scheduled {
+    key: SigningKey,
+    from: DateTime<Utc>,
+    until: Option<DateTime<Utc>>,
+}
+
+/// The keys that sign now or will, kept in memory and refreshed from the database (a rotation
+/// made by the CLI in another process reaches every instance at the next refresh); each signature
+/// picks by the clock, so every instance switches to a new key at the moment it was set for.
 #[derive(Clone, Default)]
 pub struct KeyRing {
-    active: Arc<RwLock<HashMap<&'static str, SigningKey>>>,
+    /// Per algorithm, newest first.
+    keys: Arc<RwLock<HashMap<&'static str, Vec<Scheduled>>>>,
 }
 
 impl KeyRing {
     pub fn get(&self, alg: &str) -> Result<SigningKey, KeyError> {
-        self.active
-            .read()
-            .ok()
-            .and_then(|m| m.get(alg).cloned())
-            .ok_or_else(|| KeyError::Missing(alg.to_owned()))
+        self.get_at(alg, Utc::now())
+    }
+
+    /// The key that signs for `alg` at `now`: the newest whose time has come and not gone, else
+    /// (a schedule that has run past what this instance last read) the newest already active.
+    pub fn get_at(&self, alg: &str, now: DateTime<Utc>) -> Result<SigningKey, KeyError> {
+        let keys = self.keys.read().ok();
+        let list = keys.as_ref().and_then(|m| m.get(alg));
+        list.and_then(|l| {
+            l.iter()
+                .find(|k| k.from <= now && k.until.is_none_or(|u| now < u))
+                .or_else(|| l.iter().find(|k| k.from <= now))
+                // Only keys set for later (a clock behind the rotation's): they are published.
+                .or_else(|| l.last())
+        })
+        .map(|k| k.key.clone())
+        .ok_or_else(|| KeyError::Missing(alg.to_owned()))
     }
 
     /// Loads the active keys, creating any that is missing.
@@ -73,29 +97,36 @@ impl KeyRing {
         now: DateTime<Utc>,
     ) -> Result<(), KeyError> {
         ensure_active(conn, keys, now).await?;
-        let rows: Vec<(i64, String, String, Vec<u8>)> = oidc_keys::table
-            .filter(oidc_keys::retired_at.is_null())
+        type Row = (String, String, Vec<u8>, DateTime<Utc>, Option<DateTime<Utc>>);
+        let rows: Vec<Row> = oidc_keys::table
+            .filter(
+                oidc_keys::retired_at
+                    .is_null()
+                    .or(oidc_keys::retired_at.gt(now)),
+            )
             .order(oidc_keys::id.desc())
             .select((
-                oidc_keys::id,
                 oidc_keys::kid,
                 oidc_keys::alg,
                 oidc_keys::private_der_enc,
+                oidc_keys::active_from,
+                oidc_keys::retired_at,
             ))
             .load(conn)
             .await?;
-        let mut map = HashMap::new();
-        for (_, kid, alg, sealed) in rows {
+        let mut map: HashMap<&'static str, Vec<Scheduled>> = HashMap::new();
+        for (kid, alg, sealed, from, until) in rows {
             let alg = alg_static(&alg);
-            if map.contains_key(alg) {
-                continue;
-            }
             let der = keys.decrypt(PURPOSE, &sealed, kid.as_bytes())?;
             let pkey = PKey::private_key_from_der(&der)?;
-            map.insert(alg, SigningKey { kid, alg, pkey });
+            map.entry(alg).or_default().push(Scheduled {
+                key: SigningKey { kid, alg, pkey },
+                from,
+                until,
+            });
         }
-        if let Ok(mut active) = self.active.write() {
-            *active = map;
+        if let Ok(mut current) = self.keys.write() {
+            *current = map;
         }
         Ok(())
     }
@@ -150,6 +181,7 @@ async fn insert_new(
     keys: &Keys,
     alg: &str,
     now: DateTime<Utc>,
+    active_from: DateTime<Utc>,
 ) -> Result<String, KeyError> {
     let (kid, jwk, der) = generate(alg)?;
     let sealed = keys.encrypt(PURPOSE, &der, kid.as_bytes())?;
@@ -160,6 +192,7 @@ async fn insert_new(
             oidc_keys::public_jwk.eq(jwk),
             oidc_keys::private_der_enc.eq(sealed),
             oidc_keys::created_at.eq(now),
+            oidc_keys::active_from.eq(active_from),
         ))
         .execute(conn)
         .await?;
@@ -180,30 +213,33 @@ pub async fn ensure_active(
             .get_result(conn)
             .await?;
         if n == 0 {
-            insert_new(conn, keys, alg, now).await?;
+            insert_new(conn, keys, alg, now, now).await?;
         }
     }
     Ok(())
 }
 
-/// Retires the active keys (published for `grace` more) and adds new ones; returns the new kids.
+/// Adds new keys, published now and signing from `now + publish_before_use`, when the keys in
+/// service retire (then published for `grace` more); returns the new kids.
 pub async fn rotate(
     conn: &mut AsyncPgConnection,
     keys: &Keys,
+    publish_before_use: Duration,
     grace: Duration,
     now: DateTime<Utc>,
 ) -> Result<Vec<String>, KeyError> {
+    let switch = now + publish_before_use;
     conn.transaction::<_, KeyError, _>(async |conn| {
         diesel::update(oidc_keys::table.filter(oidc_keys::retired_at.is_null()))
             .set((
-                oidc_keys::retired_at.eq(now),
-                oidc_keys::unpublish_at.eq(now + grace),
+                oidc_keys::retired_at.eq(switch),
+                oidc_keys::unpublish_at.eq(switch + grace),
             ))
             .execute(conn)
             .await?;
         let mut kids = Vec::new();
         for alg in ALGS {
-            kids.push(insert_new(conn, keys, alg, now).await?);
+            kids.push(insert_new(conn, keys, alg, now, switch).await?);
         }
         Ok(kids)
     })

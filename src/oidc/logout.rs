@@ -63,9 +63,14 @@ async fn check(
     let mut hinted_sub = None;
     if let Some(hint) = p.id_token_hint.as_deref().filter(|h| !h.is_empty()) {
         let jwks = keys::jwks(conn, Utc::now()).await?;
-        let Ok(claims) = jwt::verify(hint, &jwks) else {
+        // An ID token only: by its `typ`, and by its `exp` for signed userinfo answers made
+        // before they had a `typ` of their own (they never carry one).
+        let Ok(claims) = jwt::verify(hint, &jwks, jwt::Expect::IdToken) else {
             return Ok(Err("logout.error.hint"));
         };
+        if !claims["exp"].is_i64() {
+            return Ok(Err("logout.error.hint"));
+        }
         let aud = match &claims["aud"] {
             Value::String(a) => Some(a.clone()),
             Value::Array(a) if a.len() == 1 => a[0].as_str().map(str::to_owned),

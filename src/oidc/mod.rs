@@ -27,7 +27,7 @@ use crate::jobs::{self, First};
 const KEY_REFRESH: Duration = Duration::from_secs(60);
 
 pub fn stage(config: &Config) -> AdHoc {
-    let keys = Keys::new(&config.secret_key);
+    let keys = config.keys();
     let discovery_doc = discovery::DiscoveryDoc::new(config.public_url());
     AdHoc::try_on_ignite("Tchap Identité", |rocket| async move {
         let ring = keys::KeyRing::default();

@@ -196,7 +196,7 @@ pub fn id_token(
             claims["nonce"] = json!(n);
         }
     }
-    jwt::sign(&key, &claims, Some("JWT")).map_err(|_| {
+    jwt::sign(&key, &claims, Some(jwt::ID_TOKEN_TYP)).map_err(|_| {
         Api::error(
             Status::InternalServerError,
             "server_error",
@@ -465,7 +465,7 @@ async fn userinfo(
         body["iss"] = json!(config.public_url());
         body["aud"] = json!(found.client_id);
         body["iat"] = json!(Utc::now().timestamp());
-        return match jwt::sign(&key, &body, Some("JWT")) {
+        return match jwt::sign(&key, &body, Some(jwt::USERINFO_TYP)) {
             Ok(signed) => Api {
                 jwt: Some(signed),
                 ..Api::ok(Value::Null)

@@ -80,9 +80,14 @@ fn new_cookie(name: &'static str, value: String, release: bool) -> Cookie<'stati
         .build()
 }
 
+fn token_of(mac: &[u8], issued: i64) -> String {
+    format!("{issued:x}.{}", crypto::b64url(mac))
+}
+
 fn sign(keys: &Keys, secret: &str, issued: i64) -> String {
-    let mac = keys.hmac(PURPOSE, format!("{secret}.{issued}").as_bytes());
-    format!("{issued:x}.{}", crypto::b64url(&mac))
+    let input = format!("{secret}.{issued}");
+    let mac = keys.macs(PURPOSE, input.as_bytes()).next().unwrap_or_default();
+    token_of(&mac, issued)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -106,8 +111,11 @@ pub fn verify(
     let token = token.filter(|t| !t.is_empty()).ok_or(Rejection::NoToken)?;
     let (issued_hex, _) = token.split_once('.').ok_or(Rejection::BadToken)?;
     let issued = i64::from_str_radix(issued_hex, 16).map_err(|_| Rejection::BadToken)?;
-    let expected = sign(keys, secret, issued);
-    if !crypto::constant_time_eq(expected.as_bytes(), token.as_bytes()) {
+    // Any secret of the ring: a form shown before a rotation of `secret_key` can still be sent.
+    let input = format!("{secret}.{issued}");
+    if !keys.macs(PURPOSE, input.as_bytes()).any(|mac| {
+        crypto::constant_time_eq(token_of(&mac, issued).as_bytes(), token.as_bytes())
+    }) {
         return Err(Rejection::BadToken);
     }
     let age = now.timestamp() - issued;
@@ -230,6 +238,22 @@ mod tests {
         assert_eq!(
             verify(&keys(), Some("cookie-a"), Some(&forged), now),
             Err(Rejection::BadToken)
+        );
+    }
+
+    #[test]
+    fn a_token_signed_before_a_rotation_stays_valid_while_its_key_is_previous() {
+        let now = Utc::now();
+        let old = b"0123456789abcdef0123456789abcdef".to_vec();
+        let new = b"fedcba9876543210fedcba9876543210".to_vec();
+        let token = sign(&keys(), "cookie-a", now.timestamp());
+        let ring = Keys::with_previous(&new, &[old]);
+        assert_eq!(verify(&ring, Some("cookie-a"), Some(&token), now), Ok(()));
+        assert_ne!(sign(&ring, "cookie-a", now.timestamp()), token, "new key signs");
+        assert_eq!(
+            verify(&Keys::new(&new), Some("cookie-a"), Some(&token), now),
+            Err(Rejection::BadToken),
+            "once retired, the old key's forms are refused (403 page, not 500)"
         );
     }
 

@@ -23,6 +23,9 @@ pub enum AppError {
     Query(#[from] diesel::result::Error),
     #[error("internal: {0}")]
     Internal(String),
+    /// The server cannot serve this now for a reason its operators must fix (503, logged).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl AppError {
@@ -30,7 +33,9 @@ impl AppError {
         match self {
             AppError::NotFound => Status::NotFound,
             AppError::Forbidden => Status::Forbidden,
-            AppError::Db(DbError::Unavailable(_)) => Status::ServiceUnavailable,
+            AppError::Db(DbError::Unavailable(_)) | AppError::Unavailable(_) => {
+                Status::ServiceUnavailable
+            }
             AppError::Db(DbError::Query(diesel::result::Error::NotFound)) => Status::NotFound,
             AppError::Query(diesel::result::Error::NotFound) => Status::NotFound,
             AppError::Db(_) | AppError::Query(_) | AppError::Internal(_) => {
@@ -42,7 +47,11 @@ impl AppError {
 
 impl From<crate::crypto::CryptoError> for AppError {
     fn from(e: crate::crypto::CryptoError) -> Self {
-        AppError::Internal(e.to_string())
+        match e {
+            // A secret retired from the ring too early: the operators can put it back.
+            crate::crypto::CryptoError::UnknownKey => AppError::Unavailable(e.to_string()),
+            _ => AppError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use crate::crypto::Keys;
 
 pub fn stage(config: &Config) -> AdHoc {
     let csrf = csrf::CsrfFairing {
-        keys: Keys::new(&config.secret_key),
+        keys: config.keys(),
         release: config.release,
         public_origin: config.public_origin.clone(),
     };

@@ -114,8 +114,32 @@ async fn key_rotation_keeps_old_public_keys_until_their_tokens_expire() {
             "old key still published right after rotation"
         );
     }
-    // Once the grace period is over, the retired keys leave the JWKS.
+    // The old keys sign until the new ones have been published for an hour (the default delay),
+    // then the new ones do.
     let mut conn = app.db.conn().await;
+    let ring = app.client.rocket().state::<keys::KeyRing>().expect("ring");
+    let secrets = app
+        .client
+        .rocket()
+        .state::<tchap_portal::crypto::Keys>()
+        .expect("keys");
+    ring.refresh(&mut conn, secrets, Utc::now())
+        .await
+        .expect("refresh");
+    let kid_in = |list: &[Value], kid: &str| list.iter().any(|k| k["kid"] == kid);
+    for alg in keys::ALGS {
+        let now = ring.get(alg).expect("key").kid;
+        assert!(kid_in(&before, &now), "{alg}: the old key still signs");
+        let next = ring
+            .get_at(alg, Utc::now() + Duration::seconds(3601))
+            .expect("key")
+            .kid;
+        assert!(
+            !kid_in(&before, &next) && kid_in(after, &next),
+            "{alg}: an hour later, the new key signs"
+        );
+    }
+    // Once the grace period is over, the retired keys leave the JWKS.
     let later = keys::jwks(&mut conn, Utc::now() + Duration::hours(3))
         .await
         .expect("jwks");

@@ -9,6 +9,7 @@ use serde_json::Value;
 use tchap_portal::accounts::matrix::percent_encode as enc;
 use tchap_portal::oidc::clients::{self, NewClient};
 use tchap_portal::oidc::jwt;
+use tchap_portal::oidc::keys::{KeyRing, SigningKey};
 
 use crate::common::matrix::new_user;
 use crate::common::{csrf_token, figment, runs_of, title, unescape, TestApp, TestDb};
@@ -226,8 +227,12 @@ async fn oidcc_server_happy_flow_with_consent_showing_the_values() {
     let (status, t) = exchange(&app, &rp, &q["code"]).await;
     assert_eq!(status, Status::Ok, "{t}");
     assert_eq!(t["token_type"], "Bearer");
-    let claims = jwt::verify(t["id_token"].as_str().expect("id_token"), &jwks(&app).await)
-        .expect("signature verifies");
+    let claims = jwt::verify(
+        t["id_token"].as_str().expect("id_token"),
+        &jwks(&app).await,
+        jwt::Expect::IdToken,
+    )
+    .expect("signature verifies");
     assert_eq!(claims["iss"], "http://127.0.0.1:8000");
     assert_eq!(claims["aud"], rp.id);
     assert_eq!(claims["nonce"], "n-0S6");
@@ -518,7 +523,12 @@ async fn oidcc_refresh_token_rotates_and_reuse_revokes_the_family() {
     assert_eq!(s, Status::Ok, "{second}");
     assert_ne!(second["refresh_token"], first["refresh_token"]);
     let claims =
-        jwt::verify(second["id_token"].as_str().expect("id"), &jwks(&app).await).expect("verifies");
+        jwt::verify(
+            second["id_token"].as_str().expect("id"),
+            &jwks(&app).await,
+            jwt::Expect::IdToken,
+        )
+        .expect("verifies");
     assert!(claims.get("nonce").is_none(), "no nonce on refresh");
     assert_eq!(
         userinfo_get(&app, second["access_token"].as_str().expect("at"))
@@ -697,7 +707,8 @@ async fn es256_id_tokens_and_signed_userinfo_for_clients_registered_for_them() {
     .expect("json");
     assert_eq!(header["alg"], "ES256");
     let keys = jwks(&app).await;
-    let claims = jwt::verify(id_token, &keys).expect("ES256 signature verifies");
+    let claims =
+        jwt::verify(id_token, &keys, jwt::Expect::IdToken).expect("ES256 signature verifies");
 
     let res = app
         .client
@@ -714,7 +725,15 @@ async fn es256_id_tokens_and_signed_userinfo_for_clients_registered_for_them() {
         Some("application/jwt".into())
     );
     let signed = res.into_string().await.expect("jwt");
-    let info = jwt::verify(&signed, &keys).expect("signed userinfo verifies");
+    let info =
+        jwt::verify(&signed, &keys, jwt::Expect::Userinfo).expect("signed userinfo verifies");
+    assert!(
+        matches!(
+            jwt::verify(&signed, &keys, jwt::Expect::IdToken),
+            Err(jwt::JwtError::WrongType)
+        ),
+        "a signed userinfo answer does not pass for an ID token"
+    );
     assert_eq!(info["aud"], c.client_id.as_str());
     assert_eq!(info["iss"], "http://127.0.0.1:8000");
     assert_eq!(info["sub"], claims["sub"]);
@@ -908,7 +927,12 @@ async fn introspection_describes_live_tokens_to_their_client_only() {
     let (_, t) = exchange(&app, &rp, &code_for(&app, &rp, "").await).await;
     let at = t["access_token"].as_str().expect("at");
     let id_claims =
-        jwt::verify(t["id_token"].as_str().expect("id"), &jwks(&app).await).expect("verifies");
+        jwt::verify(
+            t["id_token"].as_str().expect("id"),
+            &jwks(&app).await,
+            jwt::Expect::IdToken,
+        )
+        .expect("verifies");
 
     let (s, info) = post_form(
         &app,
@@ -998,6 +1022,140 @@ async fn introspection_describes_live_tokens_to_their_client_only() {
     )
     .await;
     assert_eq!(info, serde_json::json!({"active": false}));
+}
+
+/// A token signed by `key` (RS256) under `header` exactly as given: headers `jwt::sign` never writes.
+fn signed_with_header(key: &SigningKey, header: Value, claims: &Value) -> String {
+    let b64 = tchap_portal::crypto::b64url;
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let mut signer =
+        openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key.pkey).expect("signer");
+    signer.update(input.as_bytes()).expect("update");
+    format!("{input}.{}", b64(&signer.sign_to_vec().expect("sign")))
+}
+
+fn header_of(token: &str) -> Value {
+    let h = token.split('.').next().expect("header");
+    serde_json::from_slice(&tchap_portal::crypto::b64url_decode(h).expect("b64")).expect("json")
+}
+
+fn claims_of(token: &str) -> Value {
+    let p = token.split('.').nth(1).expect("payload");
+    serde_json::from_slice(&tchap_portal::crypto::b64url_decode(p).expect("b64")).expect("json")
+}
+
+/// Only an ID token of this portal ends a session without asking: not another kind of token it
+/// signs for the same agent and service, nor one whose header asks for an extension (`crit`).
+#[rocket::async_test]
+async fn id_token_hint_must_be_an_id_token_without_crit() {
+    let (app, rp, _) = setup().await;
+    let (_, t) = exchange(&app, &rp, &code_for(&app, &rp, "").await).await;
+    let id_token = t["id_token"].as_str().expect("id_token").to_owned();
+    let claims = claims_of(&id_token);
+    let key = app
+        .client
+        .rocket()
+        .state::<KeyRing>()
+        .expect("ring")
+        .get("RS256")
+        .expect("the portal's RS256 key");
+    // A signed userinfo answer for the same agent and service, as the portal signs it now and as
+    // it did before it had a `typ` of its own.
+    let info = serde_json::json!({
+        "sub": claims["sub"], "iss": claims["iss"], "aud": claims["aud"], "iat": claims["iat"],
+        "name": "Alice Martin",
+    });
+    let userinfo = jwt::sign(&key, &info, Some(jwt::USERINFO_TYP)).expect("sign");
+    let userinfo_untyped = jwt::sign(&key, &info, Some("JWT")).expect("sign");
+    let logout_token = jwt::sign(&key, &claims, Some("logout+jwt")).expect("sign");
+    let with_crit = signed_with_header(
+        &key,
+        serde_json::json!({"alg": "RS256", "kid": key.kid, "typ": "JWT", "crit": ["exp"], "exp": 0}),
+        &claims,
+    );
+    for (what, hint) in [
+        ("signed userinfo", userinfo),
+        ("signed userinfo without its typ", userinfo_untyped),
+        ("logout token", logout_token),
+        ("crit header", with_crit),
+    ] {
+        let res = app
+            .client
+            .get(format!(
+                "/logout?id_token_hint={hint}&post_logout_redirect_uri={}",
+                enc(RP_BYE)
+            ))
+            .dispatch()
+            .await;
+        assert_eq!(res.status(), Status::BadRequest, "{what}");
+        assert!(logged_in(&app).await, "{what}: still logged in");
+    }
+    // The ID token itself, signed by the same key: the agent is logged out and goes back.
+    let res = app
+        .client
+        .get(format!(
+            "/logout?id_token_hint={id_token}&post_logout_redirect_uri={}",
+            enc(RP_BYE)
+        ))
+        .dispatch()
+        .await;
+    assert_eq!(res.headers().get_one("Location"), Some(RP_BYE));
+    assert!(!logged_in(&app).await);
+}
+
+/// `keys rotate` publishes the new key at once and signs with it only once the delay has passed,
+/// so a service that read the JWKS just after the rotation never meets an unknown `kid`.
+#[rocket::async_test]
+async fn a_rotated_signing_key_is_published_first_and_signs_after_the_delay() {
+    let db = TestDb::new().await;
+    let fig = figment(&db).merge(("portal.oidc.key_publish_before_use_secs", 3));
+    let (app, rp, _) = setup_on(TestApp::with_figment(db, fig.clone()).await).await;
+    let id_token = |t: &Value| t["id_token"].as_str().expect("id_token").to_owned();
+    let (_, t) = exchange(&app, &rp, &code_for(&app, &rp, "").await).await;
+    let old_kid = header_of(&id_token(&t))["kid"].clone();
+
+    let out = tchap_portal::cli::run(&["keys".to_owned(), "rotate".to_owned()], &fig)
+        .await
+        .expect("rotated");
+    let rotated_at = std::time::Instant::now();
+    let new_rs256 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("new signing keys: "))
+        .and_then(|kids| kids.split(", ").next())
+        .expect("the new kids")
+        .to_owned();
+    // This instance reads the rotation, as its refresh every minute does.
+    let ring = app.client.rocket().state::<KeyRing>().expect("ring");
+    let keys = app.client.rocket().state::<tchap_portal::crypto::Keys>().expect("keys");
+    let mut conn = app.pool().get().await.expect("conn");
+    ring.refresh(&mut conn, keys, Utc::now()).await.expect("refresh");
+    drop(conn);
+
+    let (_, t) = exchange(&app, &rp, &code_for(&app, &rp, "").await).await;
+    assert_eq!(header_of(&id_token(&t))["kid"], old_kid, "still the old key");
+    // A service reads the JWKS now (after the portal's one-second cache) and keeps it.
+    rocket::tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let cached = jwks(&app).await;
+    let kids: Vec<&Value> = cached["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| &k["kid"])
+        .collect();
+    assert_eq!(kids.len(), 4, "old and new keys published");
+    assert!(kids.contains(&&old_kid) && kids.contains(&&Value::from(new_rs256.clone())));
+
+    let wait = std::time::Duration::from_millis(3100).saturating_sub(rotated_at.elapsed());
+    rocket::tokio::time::sleep(wait).await;
+    let (_, t) = exchange(&app, &rp, &code_for(&app, &rp, "").await).await;
+    let token = id_token(&t);
+    assert_eq!(header_of(&token)["kid"], new_rs256.as_str(), "the new key signs");
+    jwt::verify(&token, &cached, jwt::Expect::IdToken)
+        .expect("the JWKS the service kept already holds the new key");
 }
 
 async fn logged_in(app: &TestApp) -> bool {
