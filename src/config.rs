@@ -645,7 +645,9 @@ mod tests {
             ),
             (
                 "previous_secret_keys",
-                Box::new(|s| s.previous_secret_keys = vec![s.secret_key.clone().unwrap_or_default()]),
+                Box::new(|s| {
+                    s.previous_secret_keys = vec![s.secret_key.clone().unwrap_or_default()]
+                }),
             ),
             (
                 "oidc.key_publish_before_use_secs",

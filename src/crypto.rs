@@ -17,7 +17,9 @@ pub enum CryptoError {
     #[error("ciphertext is malformed")]
     Malformed,
     /// Altered, or sealed with a secret that is neither `secret_key` nor in `previous_secret_keys`.
-    #[error("sealed with a key that is neither secret_key nor one of previous_secret_keys (or altered)")]
+    #[error(
+        "sealed with a key that is neither secret_key nor one of previous_secret_keys (or altered)"
+    )]
     UnknownKey,
 }
 
@@ -168,7 +170,8 @@ impl Keys {
             .chain(previous.iter().map(Vec::as_slice))
             .map(HmacKey::new)
             .collect();
-        let stable = Arc::new(Stable::ALL.map(|s| HmacKey::new(&ring[0].mac(s.purpose().as_bytes()))));
+        let stable =
+            Arc::new(Stable::ALL.map(|s| HmacKey::new(&ring[0].mac(s.purpose().as_bytes()))));
         Keys {
             ring: ring.into(),
             stable,

@@ -87,9 +87,9 @@ async fn secret_in_use(conn: &mut AsyncPgConnection, keys: &Keys) -> QueryResult
         .first(conn)
         .await
         .optional()?;
-    if let Some(Ok((_, index))) = key.map(|(kid, sealed)| {
-        keys.open(SIGNING_KEY_PURPOSE, &sealed, kid.as_bytes())
-    }) {
+    if let Some(Ok((_, index))) =
+        key.map(|(kid, sealed)| keys.open(SIGNING_KEY_PURPOSE, &sealed, kid.as_bytes()))
+    {
         return Ok(index);
     }
     let session: Option<(String, String, Vec<u8>)> = sessions::table
@@ -102,9 +102,9 @@ async fn secret_in_use(conn: &mut AsyncPgConnection, keys: &Keys) -> QueryResult
         .first(conn)
         .await
         .optional()?;
-    if let Some(Ok((_, index))) = session.map(|(user, device, sealed)| {
-        keys.open(TOKEN_PURPOSE, &sealed, &token_aad(&user, &device))
-    }) {
+    if let Some(Ok((_, index))) = session
+        .map(|(user, device, sealed)| keys.open(TOKEN_PURPOSE, &sealed, &token_aad(&user, &device)))
+    {
         return Ok(index);
     }
     let pin: Option<(String, Vec<u8>)> = audioconf_conferences::table
@@ -209,7 +209,9 @@ pub async fn reencrypt(
             c.written(n);
         }
     }
-    report.0.push(("stable keys (subjects, sid, AudioConf HMACs)", c));
+    report
+        .0
+        .push(("stable keys (subjects, sid, AudioConf HMACs)", c));
 
     let mut c = Counts::default();
     let mut after = 0i64;

@@ -207,8 +207,7 @@ pub async fn book(
                 let public_id = crypto::random_token(12)?;
                 let cancel_token = crypto::random_token(32)?;
                 let mac = pin_hmac(keys, &number, &pin);
-                let sealed =
-                    keys.encrypt(PIN_ENC_PURPOSE, pin.as_bytes(), &pin_aad(&public_id))?;
+                let sealed = keys.encrypt(PIN_ENC_PURPOSE, pin.as_bytes(), &pin_aad(&public_id))?;
                 // A savepoint per attempt: a PIN conflict rolls back this insert only.
                 let inserted = conn
                     .transaction::<i64, DieselError, _>(async |conn| {
@@ -371,11 +370,7 @@ pub struct Conference {
 
 impl Conference {
     pub fn pin(&self, keys: &Keys) -> Result<String, crypto::CryptoError> {
-        let plain = keys.decrypt(
-            PIN_ENC_PURPOSE,
-            &self.pin_enc,
-            &pin_aad(&self.public_id),
-        )?;
+        let plain = keys.decrypt(PIN_ENC_PURPOSE, &self.pin_enc, &pin_aad(&self.public_id))?;
         Ok(String::from_utf8_lossy(&plain).into_owned())
     }
 

@@ -53,7 +53,9 @@ impl Expect {
     fn accepts(self, typ: Option<&str>) -> bool {
         let typ = typ.map(|t| {
             let t = t.to_ascii_lowercase();
-            t.strip_prefix("application/").map(str::to_owned).unwrap_or(t)
+            t.strip_prefix("application/")
+                .map(str::to_owned)
+                .unwrap_or(t)
         });
         match self {
             Expect::IdToken => typ.is_none_or(|t| t == "jwt"),
@@ -226,7 +228,10 @@ mod tests {
             let forged = crypto::b64url(br#"{"sub":"mallory","aud":"rp"}"#);
             parts[1] = &forged;
             assert!(
-                matches!(verify(&parts.join("."), &jwks, Expect::IdToken), Err(JwtError::BadSignature)),
+                matches!(
+                    verify(&parts.join("."), &jwks, Expect::IdToken),
+                    Err(JwtError::BadSignature)
+                ),
                 "{alg}"
             );
 
@@ -275,12 +280,22 @@ mod tests {
         let jwks = json!({"keys": [jwk]});
         let claims = json!({"sub": "alice"});
         let plain = json!({"alg": "RS256", "kid": key.kid, "typ": "JWT"});
-        assert!(verify(&signed_with_header(&key, plain, &claims), &jwks, Expect::IdToken).is_ok());
+        assert!(verify(
+            &signed_with_header(&key, plain, &claims),
+            &jwks,
+            Expect::IdToken
+        )
+        .is_ok());
         for crit in [json!(["exp"]), json!([]), json!("b64")] {
-            let header = json!({"alg": "RS256", "kid": key.kid, "typ": "JWT", "crit": crit, "exp": 1});
+            let header =
+                json!({"alg": "RS256", "kid": key.kid, "typ": "JWT", "crit": crit, "exp": 1});
             assert!(
                 matches!(
-                    verify(&signed_with_header(&key, header, &claims), &jwks, Expect::IdToken),
+                    verify(
+                        &signed_with_header(&key, header, &claims),
+                        &jwks,
+                        Expect::IdToken
+                    ),
                     Err(JwtError::Critical)
                 ),
                 "crit {crit}"

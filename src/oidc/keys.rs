@@ -97,7 +97,13 @@ impl KeyRing {
         now: DateTime<Utc>,
     ) -> Result<(), KeyError> {
         ensure_active(conn, keys, now).await?;
-        type Row = (String, String, Vec<u8>, DateTime<Utc>, Option<DateTime<Utc>>);
+        type Row = (
+            String,
+            String,
+            Vec<u8>,
+            DateTime<Utc>,
+            Option<DateTime<Utc>>,
+        );
         let rows: Vec<Row> = oidc_keys::table
             .filter(
                 oidc_keys::retired_at

@@ -19,7 +19,6 @@ use chrono::Utc;
 use rocket::fairing::AdHoc;
 
 use crate::config::Config;
-use crate::crypto::Keys;
 use crate::db::Db;
 use crate::jobs::{self, First};
 

@@ -86,7 +86,10 @@ fn token_of(mac: &[u8], issued: i64) -> String {
 
 fn sign(keys: &Keys, secret: &str, issued: i64) -> String {
     let input = format!("{secret}.{issued}");
-    let mac = keys.macs(PURPOSE, input.as_bytes()).next().unwrap_or_default();
+    let mac = keys
+        .macs(PURPOSE, input.as_bytes())
+        .next()
+        .unwrap_or_default();
     token_of(&mac, issued)
 }
 
@@ -113,9 +116,10 @@ pub fn verify(
     let issued = i64::from_str_radix(issued_hex, 16).map_err(|_| Rejection::BadToken)?;
     // Any secret of the ring: a form shown before a rotation of `secret_key` can still be sent.
     let input = format!("{secret}.{issued}");
-    if !keys.macs(PURPOSE, input.as_bytes()).any(|mac| {
-        crypto::constant_time_eq(token_of(&mac, issued).as_bytes(), token.as_bytes())
-    }) {
+    if !keys
+        .macs(PURPOSE, input.as_bytes())
+        .any(|mac| crypto::constant_time_eq(token_of(&mac, issued).as_bytes(), token.as_bytes()))
+    {
         return Err(Rejection::BadToken);
     }
     let age = now.timestamp() - issued;
@@ -249,7 +253,11 @@ mod tests {
         let token = sign(&keys(), "cookie-a", now.timestamp());
         let ring = Keys::with_previous(&new, &[old]);
         assert_eq!(verify(&ring, Some("cookie-a"), Some(&token), now), Ok(()));
-        assert_ne!(sign(&ring, "cookie-a", now.timestamp()), token, "new key signs");
+        assert_ne!(
+            sign(&ring, "cookie-a", now.timestamp()),
+            token,
+            "new key signs"
+        );
         assert_eq!(
             verify(&Keys::new(&new), Some("cookie-a"), Some(&token), now),
             Err(Rejection::BadToken),

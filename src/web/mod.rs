@@ -15,7 +15,6 @@ use rocket::fs::FileServer;
 use rocket_dyn_templates::Template;
 
 use crate::config::Config;
-use crate::crypto::Keys;
 
 pub fn stage(config: &Config) -> AdHoc {
     let csrf = csrf::CsrfFairing {

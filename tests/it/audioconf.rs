@@ -974,6 +974,49 @@ async fn booking_with_tchap_verifies_the_id_token_and_rejects_a_tampered_one() {
             "refused: {bad}"
         );
     }
+    // Signed by the issuer's own key, still refused: a `crit` header, another kind of token (a
+    // signed userinfo answer), an audience beyond this client even with `azp` naming it.
+    let key = app
+        .client
+        .rocket()
+        .state::<tchap_portal::oidc::keys::KeyRing>()
+        .expect("ring")
+        .get("RS256")
+        .expect("the issuer's RS256 key");
+    let mut wide = claims.clone();
+    wide["aud"] = json!(["portail-audioconf", "autre-service"]);
+    wide["azp"] = json!("portail-audioconf");
+    let sign = tchap_portal::oidc::jwt::sign;
+    for (why, token) in [
+        (
+            "crit",
+            crate::oidc_flow::signed_with_header(
+                &key,
+                json!({"alg": "RS256", "kid": key.kid, "typ": "JWT", "crit": ["exp"], "exp": 0}),
+                &claims,
+            ),
+        ),
+        (
+            "typ",
+            sign(&key, &claims, Some(tchap_portal::oidc::jwt::USERINFO_TYP)).expect("sign"),
+        ),
+        ("aud", sign(&key, &wide, Some("JWT")).expect("sign")),
+    ] {
+        let mut b = body.clone();
+        b["id_token"] = json!(token);
+        match issuer.verified_email(&tokens(&b), "the-nonce").await {
+            Err(RpError::IdToken(w)) => assert_eq!(w, why),
+            other => panic!("{why}: {other:?}"),
+        }
+    }
+    // The same claims under the same key, as an ID token: accepted.
+    let mut b = body.clone();
+    b["id_token"] = json!(sign(&key, &claims, Some("JWT")).expect("sign"));
+    assert!(issuer
+        .verified_email(&tokens(&b), "the-nonce")
+        .await
+        .is_ok());
+
     let mut b = body.clone();
     b.as_object_mut().expect("object").remove("id_token");
     assert!(issuer

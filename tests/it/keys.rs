@@ -72,7 +72,10 @@ async fn sign_in_at_service(portal: &Client, client_id: &str, secret: &str) -> (
         let page = res.into_string().await.expect("consent page");
         decide(portal, &page, "approve").await
     } else {
-        res.headers().get_one("Location").expect("redirect").to_owned()
+        res.headers()
+            .get_one("Location")
+            .expect("redirect")
+            .to_owned()
     };
     let code = query(&loc)["code"].clone();
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{secret}"));
@@ -113,7 +116,10 @@ async fn sign_in_at_service(portal: &Client, client_id: &str, secret: &str) -> (
 async fn userinfo_sub(portal: &Client, access_token: &str) -> String {
     let res = portal
         .get("/userinfo")
-        .header(Header::new("Authorization", format!("Bearer {access_token}")))
+        .header(Header::new(
+            "Authorization",
+            format!("Bearer {access_token}"),
+        ))
         .dispatch()
         .await;
     assert_eq!(res.status(), Status::Ok);
@@ -139,7 +145,10 @@ async fn pin_accepted(portal: &Client, number: &str, pin: &str) -> bool {
     let res = portal
         .post("/api/v1/ivr/verify")
         .header(ContentType::JSON)
-        .header(Header::new("Authorization", format!("Bearer {BRIDGE_SECRET}")))
+        .header(Header::new(
+            "Authorization",
+            format!("Bearer {BRIDGE_SECRET}"),
+        ))
         .body(json!({"called": number, "pin": pin, "caller": "+33600000009"}).to_string())
         .dispatch()
         .await;
@@ -269,13 +278,15 @@ async fn a_rotated_secret_key_keeps_subjects_sessions_and_pins_and_reencrypt_ret
     .expect("reencrypt");
     // The stable keys were written again at the upgrade, from k0 but sealed under k1 already.
     assert!(
-        counts_line(&report, "stable keys")
-            .ends_with(": 0 re-encrypted, 6 already under secret_key, 0 unreadable, 0 changed meanwhile"),
+        counts_line(&report, "stable keys").ends_with(
+            ": 0 re-encrypted, 6 already under secret_key, 0 unreadable, 0 changed meanwhile"
+        ),
         "{report}"
     );
     assert!(counts_line(&report, "signing keys").starts_with("signing keys: 2 re-encrypted"));
-    assert!(counts_line(&report, "Matrix access tokens")
-        .starts_with("Matrix access tokens (sessions): 1 re-encrypted, 1 already under secret_key"));
+    assert!(counts_line(&report, "Matrix access tokens").starts_with(
+        "Matrix access tokens (sessions): 1 re-encrypted, 1 already under secret_key"
+    ));
     assert!(counts_line(&report, "AudioConf PINs").starts_with("AudioConf PINs: 1 re-encrypted"));
     assert!(!report.contains("warning"), "{report}");
     let again = cli::run(&["secrets", "reencrypt"].map(String::from), &fig)

@@ -522,13 +522,12 @@ async fn oidcc_refresh_token_rotates_and_reuse_revokes_the_family() {
     .await;
     assert_eq!(s, Status::Ok, "{second}");
     assert_ne!(second["refresh_token"], first["refresh_token"]);
-    let claims =
-        jwt::verify(
-            second["id_token"].as_str().expect("id"),
-            &jwks(&app).await,
-            jwt::Expect::IdToken,
-        )
-        .expect("verifies");
+    let claims = jwt::verify(
+        second["id_token"].as_str().expect("id"),
+        &jwks(&app).await,
+        jwt::Expect::IdToken,
+    )
+    .expect("verifies");
     assert!(claims.get("nonce").is_none(), "no nonce on refresh");
     assert_eq!(
         userinfo_get(&app, second["access_token"].as_str().expect("at"))
@@ -926,13 +925,12 @@ async fn introspection_describes_live_tokens_to_their_client_only() {
     let (other_id, other_secret) = other_client(&app).await;
     let (_, t) = exchange(&app, &rp, &code_for(&app, &rp, "").await).await;
     let at = t["access_token"].as_str().expect("at");
-    let id_claims =
-        jwt::verify(
-            t["id_token"].as_str().expect("id"),
-            &jwks(&app).await,
-            jwt::Expect::IdToken,
-        )
-        .expect("verifies");
+    let id_claims = jwt::verify(
+        t["id_token"].as_str().expect("id"),
+        &jwks(&app).await,
+        jwt::Expect::IdToken,
+    )
+    .expect("verifies");
 
     let (s, info) = post_form(
         &app,
@@ -1025,15 +1023,15 @@ async fn introspection_describes_live_tokens_to_their_client_only() {
 }
 
 /// A token signed by `key` (RS256) under `header` exactly as given: headers `jwt::sign` never writes.
-fn signed_with_header(key: &SigningKey, header: Value, claims: &Value) -> String {
+pub(crate) fn signed_with_header(key: &SigningKey, header: Value, claims: &Value) -> String {
     let b64 = tchap_portal::crypto::b64url;
     let input = format!(
         "{}.{}",
         b64(header.to_string().as_bytes()),
         b64(claims.to_string().as_bytes())
     );
-    let mut signer =
-        openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key.pkey).expect("signer");
+    let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key.pkey)
+        .expect("signer");
     signer.update(input.as_bytes()).expect("update");
     format!("{input}.{}", b64(&signer.sign_to_vec().expect("sign")))
 }
@@ -1130,13 +1128,23 @@ async fn a_rotated_signing_key_is_published_first_and_signs_after_the_delay() {
         .to_owned();
     // This instance reads the rotation, as its refresh every minute does.
     let ring = app.client.rocket().state::<KeyRing>().expect("ring");
-    let keys = app.client.rocket().state::<tchap_portal::crypto::Keys>().expect("keys");
+    let keys = app
+        .client
+        .rocket()
+        .state::<tchap_portal::crypto::Keys>()
+        .expect("keys");
     let mut conn = app.pool().get().await.expect("conn");
-    ring.refresh(&mut conn, keys, Utc::now()).await.expect("refresh");
+    ring.refresh(&mut conn, keys, Utc::now())
+        .await
+        .expect("refresh");
     drop(conn);
 
     let (_, t) = exchange(&app, &rp, &code_for(&app, &rp, "").await).await;
-    assert_eq!(header_of(&id_token(&t))["kid"], old_kid, "still the old key");
+    assert_eq!(
+        header_of(&id_token(&t))["kid"],
+        old_kid,
+        "still the old key"
+    );
     // A service reads the JWKS now (after the portal's one-second cache) and keeps it.
     rocket::tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let cached = jwks(&app).await;
@@ -1153,7 +1161,11 @@ async fn a_rotated_signing_key_is_published_first_and_signs_after_the_delay() {
     rocket::tokio::time::sleep(wait).await;
     let (_, t) = exchange(&app, &rp, &code_for(&app, &rp, "").await).await;
     let token = id_token(&t);
-    assert_eq!(header_of(&token)["kid"], new_rs256.as_str(), "the new key signs");
+    assert_eq!(
+        header_of(&token)["kid"],
+        new_rs256.as_str(),
+        "the new key signs"
+    );
     jwt::verify(&token, &cached, jwt::Expect::IdToken)
         .expect("the JWKS the service kept already holds the new key");
 }
