@@ -95,11 +95,6 @@ pub async fn run(args: &[String], figment: &Figment) -> Result<String, String> {
             for v in applied {
                 let _ = writeln!(out, "  {v}");
             }
-            // The stable keys are written now, from the secret in use, before anything rotates.
-            let (config, mut conn) = connect(figment).await?;
-            secrets::load(&mut conn, &config.keys())
-                .await
-                .map_err(|e| e.to_string())?;
             Ok(out)
         }
         ["mail-test", to] => {
