@@ -117,12 +117,17 @@ pub async fn run(args: &[String], figment: &Figment) -> Result<String, String> {
             let kids = keys::rotate(&mut conn, &config.keys(), delay, grace, now)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(format!(
+            let mut out = format!(
                 "new signing keys: {}\npublished now; they sign from {} (oidc.key_publish_before_use_secs), when the previous keys retire; those stay published {} minutes more\n",
                 kids.join(", "),
                 (now + delay).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 grace.num_minutes()
-            ))
+            );
+            // Below AudioConf's own JWKS cache, a service may meet the new kid before it knows it.
+            if delay < chrono::Duration::minutes(5) {
+                let _ = writeln!(out, "note: services that cache the JWKS longer than {} s meet the new kid before they know it: they must read the JWKS again then", delay.num_seconds());
+            }
+            Ok(out)
         }
         ["secrets", "reencrypt", rest @ ..] => {
             let batch = match rest {

@@ -668,6 +668,39 @@ mod tests {
     }
 
     #[test]
+    fn previous_secret_keys_come_from_the_environment_as_a_list() {
+        let (a, b) = (
+            "cmVhbGx5LXJhbmRvbS1rZXktZm9yLXRlc3RzLTk4NzY1NDMyMTA=",
+            "YW5vdGhlci1yYW5kb20ta2V5LWZvci10ZXN0cy0wMTIzNDU2Nzg=",
+        );
+        // The provider `figment()` uses, under a prefix no other test reads.
+        std::env::set_var(
+            "PORTAL_KEYRINGTEST_PREVIOUS_SECRET_KEYS",
+            format!(r#"["{a}", "{b}"]"#),
+        );
+        let settings: Settings =
+            Figment::from(Serialized::defaults(Settings::default()).key("portal"))
+                .merge(
+                    Env::prefixed("PORTAL_KEYRINGTEST_")
+                        .split("__")
+                        .map(|k| format!("portal.{k}").into()),
+                )
+                .extract_inner("portal")
+                .expect("settings");
+        assert_eq!(settings.previous_secret_keys, vec![a, b]);
+        let c = Config::validate(
+            Settings {
+                database_url: Some("postgres://localhost/portal".into()),
+                ..settings
+            },
+            false,
+        )
+        .expect("valid");
+        assert_eq!(c.previous_secret_keys.len(), 2);
+        assert_eq!(c.settings.oidc.key_publish_before_use_secs, 3600);
+    }
+
+    #[test]
     fn development_defaults_start() {
         let s = Settings {
             database_url: Some("postgres://localhost/portal".into()),
