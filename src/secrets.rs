@@ -87,8 +87,9 @@ async fn secret_in_use(conn: &mut AsyncPgConnection, keys: &Keys) -> QueryResult
         .first(conn)
         .await
         .optional()?;
-    if let Some(Ok((_, index))) =
-        key.map(|(kid, sealed)| keys.open(SIGNING_KEY_PURPOSE, &sealed, kid.as_bytes()))
+    if let Some(Ok((_, index))) = key
+        .as_ref()
+        .map(|(kid, sealed)| keys.open(SIGNING_KEY_PURPOSE, sealed, kid.as_bytes()))
     {
         return Ok(index);
     }
@@ -103,7 +104,8 @@ async fn secret_in_use(conn: &mut AsyncPgConnection, keys: &Keys) -> QueryResult
         .await
         .optional()?;
     if let Some(Ok((_, index))) = session
-        .map(|(user, device, sealed)| keys.open(TOKEN_PURPOSE, &sealed, &token_aad(&user, &device)))
+        .as_ref()
+        .map(|(user, device, sealed)| keys.open(TOKEN_PURPOSE, sealed, &token_aad(user, device)))
     {
         return Ok(index);
     }
@@ -116,10 +118,15 @@ async fn secret_in_use(conn: &mut AsyncPgConnection, keys: &Keys) -> QueryResult
         .first(conn)
         .await
         .optional()?;
-    if let Some(Ok((_, index))) =
-        pin.map(|(id, sealed)| keys.open(PIN_ENC_PURPOSE, &sealed, &pin_aad(&id)))
+    if let Some(Ok((_, index))) = pin
+        .as_ref()
+        .map(|(id, sealed)| keys.open(PIN_ENC_PURPOSE, sealed, &pin_aad(id)))
     {
         return Ok(index);
+    }
+    if key.is_some() || session.is_some() || pin.is_some() {
+        // Data from a secret no longer configured: its subjects cannot be kept, say so.
+        tracing::warn!("no configured secret opens the data already stored: stable keys are derived from secret_key, so subjects and HMACs differ from before");
     }
     Ok(0)
 }
