@@ -53,6 +53,16 @@ fn walk(node: &NodeRef, media: &mut Vec<String>) {
         let mut attrs = el.attrs.borrow_mut();
         match &*el.name.local {
             "a" => {
+                // The sanitiser's own scheme check can be bypassed (ruma#2557): checked again here.
+                let href = attrs
+                    .iter()
+                    .find(|a| &*a.name.local == "href")
+                    .map(|a| a.value.to_string());
+                set(
+                    &mut attrs,
+                    "href",
+                    href.as_deref().and_then(safe_href).as_deref(),
+                );
                 set(&mut attrs, "target", None);
                 set(&mut attrs, "rel", Some("noopener noreferrer"));
             }
@@ -73,6 +83,22 @@ fn walk(node: &NodeRef, media: &mut Vec<String>) {
     }
     for child in node.children() {
         walk(&child, media);
+    }
+}
+
+/// A link target a page may show: `http(s)`, `mailto` and `tel` as they are, `mxc` through the
+/// media proxy; anything else (`javascript:`, `data:`, relative or malformed) is dropped. The
+/// scheme is read the way browsers read it: ASCII whitespace and controls removed, any case.
+fn safe_href(href: &str) -> Option<String> {
+    let compact: String = href
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace() && !c.is_control())
+        .collect();
+    let (scheme, _) = compact.split_once(':')?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" | "https" | "mailto" | "tel" => Some(href.trim().to_owned()),
+        "mxc" => proxy_path(href.trim()),
+        _ => None,
     }
 }
 
