@@ -304,19 +304,25 @@ async fn a_matrix_id_of_a_server_not_configured_is_refused_without_asking_it() {
 #[rocket::async_test]
 async fn a_configured_homeserver_is_believed_only_for_its_own_users() {
     // The hostile server is configured as `evil.test`: it may vouch for `@…:evil.test` only.
-    let hostile = Hostile::start("@admin:localhost", "").await;
+    // It is also the discovery server, and names itself for every address.
+    let hostile = Hostile::start("@admin:localhost", "evil.test").await;
     let db = TestDb::new().await;
-    let fig = figment(&db).merge((
-        "portal.matrix.homeservers",
-        vec![serde_json::json!({"server_name": "evil.test", "url": hostile.url})],
-    ));
+    let fig = figment(&db)
+        .merge((
+            "portal.matrix.homeservers",
+            vec![serde_json::json!({"server_name": "evil.test", "url": hostile.url})],
+        ))
+        .merge((
+            "portal.matrix.discovery_homeservers",
+            vec![hostile.url.clone()],
+        ));
     let app = TestApp::with_figment(db, fig).await;
     let forged = [
         // Another server's user (the default homeserver's administrator, say).
         ("@agent:evil.test", "@admin:localhost"),
         // Another account of its own.
         ("@agent:evil.test", "@ministre:evil.test"),
-        ("agent@evil.test", "@admin:localhost"),
+        ("agent@ministere.gouv.fr", "@admin:localhost"),
         // Not a user ID at all.
         ("@agent:evil.test", "@agent:evil.test\u{0}"),
         ("@agent:evil.test", "admin"),
