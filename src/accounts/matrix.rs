@@ -440,5 +440,73 @@ mod tests {
         );
         assert_eq!(Identifier::parse("@alice"), None);
         assert_eq!(Identifier::parse("  "), None);
+        assert_eq!(Identifier::parse("@al ice:x.gouv.fr"), None);
+        assert_eq!(Identifier::parse("@alice:evil/host"), None);
+        assert_eq!(Identifier::parse("ali\u{0}ce"), None);
+        assert_eq!(
+            Identifier::parse("@alice:[::1]:8448"),
+            Some(Identifier::UserId {
+                localpart: "alice".into(),
+                server: "[::1]:8448".into()
+            })
+        );
+    }
+
+    fn client() -> MatrixClient {
+        let settings = crate::config::Settings {
+            database_url: Some("postgres://localhost/portal".into()),
+            matrix: crate::config::MatrixSettings {
+                homeservers: vec![HomeserverSetting {
+                    server_name: "Agent.Tchap.gouv.fr".into(),
+                    url: "https://matrix.agent.tchap.gouv.fr/".into(),
+                }],
+                ..crate::config::Settings::default().matrix
+            },
+            ..crate::config::Settings::default()
+        };
+        let config = Config::validate(settings, false).expect("config");
+        MatrixClient::new(&config).expect("client")
+    }
+
+    #[test]
+    fn only_configured_servers_and_only_for_their_own_users() {
+        let c = client();
+        let hs = c
+            .homeserver("agent.tchap.gouv.fr")
+            .expect("configured, any case");
+        assert_eq!(hs.url, "https://matrix.agent.tchap.gouv.fr");
+        assert!(c.homeserver("localhost").is_some(), "the default one");
+        assert!(c.homeserver("evil.example").is_none());
+        let typed = Identifier::parse("@alice:agent.tchap.gouv.fr").expect("id");
+        assert!(c
+            .check_user_id(&hs, &typed, "@alice:agent.tchap.gouv.fr")
+            .is_ok());
+        for forged in [
+            "@admin:localhost",
+            "@bob:agent.tchap.gouv.fr",
+            "@alice:agent.tchap.gouv.fr.evil.example",
+            "alice",
+            "@alice",
+        ] {
+            assert!(
+                matches!(
+                    c.check_user_id(&hs, &typed, forged),
+                    Err(MatrixError::WrongUser(_))
+                ),
+                "{forged}"
+            );
+        }
+        let by_address = Identifier::parse("alice@interieur.gouv.fr").expect("email");
+        assert!(c
+            .check_user_id(&hs, &by_address, "@alice-x:agent.tchap.gouv.fr")
+            .is_ok());
+        assert!(c
+            .check_user_id(&hs, &by_address, "@alice-x:localhost")
+            .is_err());
+        assert_eq!(
+            c.user_id_of(&Identifier::Localpart("alice".into()))
+                .as_deref(),
+            Some("@alice:localhost")
+        );
     }
 }
