@@ -466,6 +466,17 @@ async fn spoofed_attempt(client: &Client, peer: std::net::SocketAddr, n: usize) 
         .status()
 }
 
+/// `/metrics` asked from `peer`, whose proxy header claims the loopback address.
+async fn metrics_claiming_loopback(client: &Client, peer: std::net::SocketAddr) -> Status {
+    client
+        .get("/metrics")
+        .remote(peer)
+        .header(rocket::http::Header::new("X-Real-IP", "127.0.0.1"))
+        .dispatch()
+        .await
+        .status()
+}
+
 #[rocket::async_test]
 async fn the_proxy_header_is_believed_only_from_a_configured_proxy() {
     let peer: std::net::SocketAddr = "203.0.113.9:5000".parse().expect("addr");
@@ -480,15 +491,8 @@ async fn the_proxy_header_is_believed_only_from_a_configured_proxy() {
         &[Status::TooManyRequests; 2],
         "{statuses:?}"
     );
-    let metrics = app
-        .client
-        .get("/metrics")
-        .remote(peer)
-        .header(rocket::http::Header::new("X-Real-IP", "127.0.0.1"))
-        .dispatch()
-        .await;
     assert_eq!(
-        metrics.status(),
+        metrics_claiming_loopback(&app.client, peer).await,
         Status::Forbidden,
         "a spoofed loopback reads no metrics"
     );
@@ -503,15 +507,8 @@ async fn the_proxy_header_is_believed_only_from_a_configured_proxy() {
             Status::TooManyRequests
         );
     }
-    let metrics = app
-        .client
-        .get("/metrics")
-        .remote(peer)
-        .header(rocket::http::Header::new("X-Real-IP", "127.0.0.1"))
-        .dispatch()
-        .await;
     assert_eq!(
-        metrics.status(),
+        metrics_claiming_loopback(&app.client, peer).await,
         Status::Ok,
         "the proxy says the client is local"
     );

@@ -728,6 +728,19 @@ fn fill(template: &str, value: &str) -> String {
         .join("/")
 }
 
+/// Logs the fuzzing agent in; answers the CSRF token its forms carry.
+async fn log_in_for_token(client: &rocket::local::asynchronous::Client, user_id: &str) -> String {
+    crate::common::log_in(client, user_id, "Fuzz-pass-42").await;
+    let home = client
+        .get("/")
+        .dispatch()
+        .await
+        .into_string()
+        .await
+        .expect("home");
+    crate::common::csrf_token(&home)
+}
+
 /// Walks Rocket's route table as a logged-in administrator and sends every route hostile input:
 /// every path segment, query parameter and form field, with a valid CSRF token, fields repeated,
 /// missing and of the wrong type. No answer may be a server error.
@@ -742,16 +755,7 @@ async fn hostile_input_on_every_route_never_gives_a_server_error() {
         .merge(("portal.accounts.max_failures", 100_000))
         .merge(("portal.audioconf.numbers", vec!["+33189000001"]));
     let app = TestApp::with_figment(db, fig).await;
-    crate::common::log_in(&app.client, &user_id, "Fuzz-pass-42").await;
-    let home = app
-        .client
-        .get("/")
-        .dispatch()
-        .await
-        .into_string()
-        .await
-        .expect("home");
-    let mut token = crate::common::csrf_token(&home);
+    let mut token = log_in_for_token(&app.client, &user_id).await;
 
     let routes: Vec<(Method, String, Vec<String>)> = app
         .client
@@ -819,16 +823,7 @@ async fn hostile_input_on_every_route_never_gives_a_server_error() {
         // tried as a logged-in agent.
         let logged_in = app.client.get("/connexion").dispatch().await.status() == Status::SeeOther;
         if !logged_in {
-            crate::common::log_in(&app.client, &user_id, "Fuzz-pass-42").await;
-            let home = app
-                .client
-                .get("/")
-                .dispatch()
-                .await
-                .into_string()
-                .await
-                .expect("home");
-            token = crate::common::csrf_token(&home);
+            token = log_in_for_token(&app.client, &user_id).await;
         }
         if *method == Method::Post {
             let plain = fill(template, "x");
