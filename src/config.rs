@@ -28,6 +28,7 @@ pub struct Settings {
     pub mail: MailSettings,
     pub session: SessionSettings,
     pub metrics: MetricsSettings,
+    pub proxy: ProxySettings,
     pub matrix: MatrixSettings,
     pub accounts: AccountsSettings,
     pub oidc: OidcSettings,
@@ -162,19 +163,37 @@ pub struct MetricsSettings {
     pub token: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySettings {
+    /// Reverse proxies (addresses or CIDR ranges) whose client-address header is believed.
+    pub trusted: Vec<String>,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatrixSettings {
-    /// The default homeserver for logins whose homeserver cannot be discovered.
+    /// The default homeserver: logins with a bare user name go there.
     pub homeserver: String,
     /// The server name of the default homeserver (the part after `:` in its Matrix IDs).
     pub server_name: String,
-    /// Homeservers asked `/_matrix/identity/api/v1/info` to find an email's homeserver, as Tchap does.
+    /// The other homeservers agents may log in with; no other server is ever asked.
+    pub homeservers: Vec<HomeserverSetting>,
+    /// Homeservers asked `/_matrix/identity/api/v1/info` to find an email's homeserver, as Tchap
+    /// does; the server they answer must be one of the configured homeservers.
     pub discovery_homeservers: Vec<String>,
     /// Every call to a homeserver gives up after this long.
     pub timeout_secs: u64,
     /// Largest file the chat's media proxy passes on (bytes).
     pub media_max_bytes: u64,
+}
+
+/// A homeserver the portal trusts for its own users: `@x:<server_name>` log in at `url`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeserverSetting {
+    pub server_name: String,
+    pub url: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -227,9 +246,11 @@ impl Default for Settings {
                 ],
                 token: None,
             },
+            proxy: ProxySettings::default(),
             matrix: MatrixSettings {
                 homeserver: "http://127.0.0.1:8008".into(),
                 server_name: "localhost".into(),
+                homeservers: vec![],
                 discovery_homeservers: vec![],
                 timeout_secs: 10,
                 media_max_bytes: 50 * 1024 * 1024,
@@ -276,6 +297,10 @@ pub struct Config {
     pub secret_key: Vec<u8>,
     pub previous_secret_keys: Vec<Vec<u8>>,
     pub public_origin: String,
+    /// Reverse proxies whose client-address header is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Every trusted homeserver, the default one first; server names in lowercase.
+    pub homeservers: Vec<HomeserverSetting>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -537,6 +562,22 @@ impl Config {
         if origin_of(&settings.matrix.homeserver).is_none() {
             return Err(bad("matrix.homeserver", "must be an absolute http(s) URL"));
         }
+        let homeservers = trusted_homeservers(&settings.matrix)?;
+        let trusted_proxies = settings
+            .proxy
+            .trusted
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        bad(
+                            "proxy.trusted",
+                            format!("{p}: an address (10.0.0.2) or a CIDR range (10.0.0.0/8)"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
         Ok(Config {
             release,
@@ -544,6 +585,8 @@ impl Config {
             secret_key,
             previous_secret_keys,
             public_origin,
+            trusted_proxies,
+            homeservers,
             settings: Settings {
                 public_url,
                 ..settings
@@ -559,6 +602,64 @@ impl Config {
     pub fn public_url(&self) -> &str {
         &self.settings.public_url
     }
+}
+
+/// The default homeserver and the listed ones, checked: valid server names, absolute URLs, no name
+/// twice.
+fn trusted_homeservers(m: &MatrixSettings) -> Result<Vec<HomeserverSetting>, ConfigError> {
+    let default = HomeserverSetting {
+        server_name: m.server_name.clone(),
+        url: m.homeserver.clone(),
+    };
+    let mut out: Vec<HomeserverSetting> = Vec::new();
+    for hs in std::iter::once(&default).chain(&m.homeservers) {
+        let server_name = hs.server_name.trim().to_lowercase();
+        if !is_server_name(&server_name) {
+            return Err(bad(
+                "matrix.homeservers",
+                format!("{}: not a Matrix server name", hs.server_name),
+            ));
+        }
+        if origin_of(&hs.url).is_none() {
+            return Err(bad(
+                "matrix.homeservers",
+                format!("{}: the url must be an absolute http(s) URL", hs.url),
+            ));
+        }
+        if out.iter().any(|o| o.server_name == server_name) {
+            return Err(bad(
+                "matrix.homeservers",
+                format!("{server_name} is listed twice"),
+            ));
+        }
+        out.push(HomeserverSetting {
+            server_name,
+            url: hs.url.trim_end_matches('/').to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// A Matrix server name: a host name, IPv4 or `[IPv6]` literal, with an optional port.
+pub fn is_server_name(s: &str) -> bool {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && (h.starts_with('[') == h.ends_with(']')) => {
+            (h, Some(p))
+        }
+        _ => (s, None),
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.len() <= 255
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    };
+    port_ok && host_ok
 }
 
 /// `https://host[:port]` of an absolute http(s) URL.

@@ -13,11 +13,13 @@ use crate::accounts::throttle;
 use crate::config::Config;
 use crate::crypto::Keys;
 use crate::db::Db;
+use crate::web::client::ClientAddr;
 use crate::web::csrf;
 use crate::web::errors::AppError;
 use crate::web::form::{FieldErrors, Page};
 use crate::web::page::Ctx;
 use crate::web::pages::local_path;
+use crate::web::text::Text;
 
 /// What the encrypted Matrix token is bound to, so a sealed token cannot be moved to another row.
 pub const TOKEN_PURPOSE: &str = "matrix-access-token";
@@ -40,12 +42,12 @@ impl CurrentUser {
 
 #[derive(Debug, FromForm)]
 pub struct LoginForm {
-    #[field(default = String::new())]
-    pub identifier: String,
-    #[field(default = String::new())]
-    pub password: String,
-    #[field(default = String::new())]
-    pub next: String,
+    #[field(default = Text::empty())]
+    pub identifier: Text,
+    #[field(default = Text::empty())]
+    pub password: Text,
+    #[field(default = Text::empty())]
+    pub next: Text,
 }
 
 fn render(
@@ -107,7 +109,7 @@ pub async fn login(
     ctx: Ctx,
     form: Form<LoginForm>,
     cookies: &CookieJar<'_>,
-    client_ip: Option<std::net::IpAddr>,
+    client: ClientAddr,
     db: &State<Db>,
     matrix: &State<MatrixClient>,
     keys: &State<Keys>,
@@ -142,12 +144,19 @@ pub async fn login(
     };
 
     let settings = &config.settings.accounts;
-    let keys_for_throttle = [
-        throttle::account_key(&form.identifier),
-        throttle::ip_key(client_ip),
-    ];
     let now = Utc::now();
     let mut conn = db.get().await?;
+    // One account however it is spelled: user name, Matrix ID, or an address it logged in with.
+    let account = match matrix.user_id_of(&identifier) {
+        Some(user_id) => user_id,
+        None => {
+            let address = form.identifier.trim().to_lowercase();
+            throttle::account_of_address(&mut conn, keys, &address)
+                .await?
+                .unwrap_or(address)
+        }
+    };
+    let keys_for_throttle = [throttle::account_key(&account), throttle::ip_key(client.0)];
     if let Some(wait) = throttle::blocked_for(
         &mut conn,
         &keys_for_throttle,
@@ -167,16 +176,11 @@ pub async fn login(
     }
 
     let result = async {
-        let homeserver = matrix.discover(&identifier).await?;
+        let hs = matrix.discover(&identifier).await?;
         let login = matrix
-            .login(
-                &homeserver,
-                &identifier,
-                &form.password,
-                &settings.device_name,
-            )
+            .login(&hs, &identifier, &form.password, &settings.device_name)
             .await?;
-        Ok::<_, MatrixError>((homeserver, login))
+        Ok::<_, MatrixError>((hs.url, login))
     }
     .await;
     let (homeserver, login) = match result {
@@ -193,6 +197,25 @@ pub async fn login(
         Err(MatrixError::Expired) => {
             errors.form(lang.t("login.expired"));
             return Ok(Either::Right(page(Status::Ok, None, errors)));
+        }
+        Err(MatrixError::Untrusted(server)) => {
+            tracing::info!(server = %server, "login refused: homeserver not configured");
+            errors.add("identifier", lang.t("login.identifier.untrusted"));
+            return Ok(Either::Right(page(
+                Status::UnprocessableEntity,
+                None,
+                errors,
+            )));
+        }
+        Err(MatrixError::WrongUser(answered)) => {
+            tracing::warn!(
+                target: "security",
+                event = "homeserver_vouched_for_another_account",
+                answered = %answered,
+                "login refused: the homeserver answered for an account it may not assert"
+            );
+            errors.form(lang.t("login.wrong_user"));
+            return Ok(Either::Right(page(Status::BadGateway, None, errors)));
         }
         Err(MatrixError::RateLimited) => {
             errors.form(lang.tf("login.throttled", &[("minutes", "1")]));
@@ -261,6 +284,7 @@ pub async fn login(
     if let Some(old) = &ctx.user {
         session::delete(&mut conn, old.id).await?;
     }
+    throttle::remember_addresses(&mut conn, keys, &login.user_id, &emails, now).await?;
     session::set_cookie(cookies, cookie, config.release);
     csrf::rotate(cookies, config.release);
     tracing::info!(user = %login.user_id, "logged in");

@@ -1,12 +1,18 @@
 //! The few Matrix client-server calls the login needs: homeserver discovery, `m.login.password`,
 //! the profile, the verified email addresses and logout. Every call has a timeout.
+//!
+//! Only configured homeservers are ever asked (`matrix.homeserver` and `matrix.homeservers`), and
+//! each is believed only for its own users: a Matrix ID of another server is refused before
+//! anything is fetched, and a login whose answered `user_id` is not the account typed on that
+//! server is refused (see SECURITY.md).
 
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::MatrixSettings;
+use crate::config::{Config, HomeserverSetting};
+use crate::web::text;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MatrixError {
@@ -25,6 +31,12 @@ pub enum MatrixError {
     Unreachable(String),
     #[error("homeserver answered {status}: {errcode}")]
     Other { status: u16, errcode: String },
+    /// The account's server (typed, or answered by email discovery) is not a configured one.
+    #[error("homeserver not trusted: {0}")]
+    Untrusted(String),
+    /// The homeserver vouched for a user it may not assert (another server's, or another account).
+    #[error("homeserver answered for another account: {0}")]
+    WrongUser(String),
 }
 
 #[derive(Deserialize)]
@@ -41,13 +53,21 @@ pub struct LoginResponse {
     pub device_id: String,
 }
 
-/// The shared HTTP client, with the configured timeouts.
+/// The shared HTTP client, with the configured timeouts, and the homeservers it may ask.
 #[derive(Clone)]
 pub struct MatrixClient {
     http: reqwest::Client,
-    pub default_homeserver: String,
-    pub server_name: String,
+    /// Every trusted homeserver, the default one first.
+    homeservers: Vec<HomeserverSetting>,
     discovery: Vec<String>,
+}
+
+/// A configured homeserver an account was found on: where to send the password, and the server
+/// name its answers must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Homeserver {
+    pub url: String,
+    pub server_name: String,
 }
 
 /// How the agent named the account.
@@ -61,76 +81,140 @@ pub enum Identifier {
 impl Identifier {
     pub fn parse(input: &str) -> Option<Identifier> {
         let s = input.trim();
-        if s.is_empty() {
+        if s.is_empty() || s.len() > 255 {
             return None;
         }
         if let Some(rest) = s.strip_prefix('@') {
             let (local, server) = rest.split_once(':')?;
-            if local.is_empty() || server.is_empty() {
+            let (local, server) = (local.to_lowercase(), server.to_lowercase());
+            if !is_localpart(&local) || !crate::config::is_server_name(&server) {
                 return None;
             }
             return Some(Identifier::UserId {
-                localpart: local.to_lowercase(),
-                server: server.to_lowercase(),
+                localpart: local,
+                server,
             });
         }
         if s.contains('@') {
-            return Some(Identifier::Email(s.to_lowercase()));
+            let email = s.to_lowercase();
+            let (local, domain) = email.rsplit_once('@')?;
+            let printable = |p: &str| {
+                !p.is_empty()
+                    && p.chars()
+                        .all(|c| c.is_alphanumeric() || c.is_ascii_graphic())
+            };
+            return (printable(local) && printable(domain)).then_some(Identifier::Email(email));
         }
-        Some(Identifier::Localpart(s.to_lowercase()))
+        let local = s.to_lowercase();
+        is_localpart(&local).then_some(Identifier::Localpart(local))
     }
 }
 
+/// A Matrix user ID's localpart, as the specification allows it (lowercase, `a-z 0-9 . _ = - / +`).
+fn is_localpart(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._=-/+".contains(&b))
+}
+
+/// `@localpart:server` split at the first colon (server names may hold one for the port).
+pub fn split_user_id(user_id: &str) -> Option<(&str, &str)> {
+    user_id.strip_prefix('@')?.split_once(':')
+}
+
 impl MatrixClient {
-    pub fn new(settings: &MatrixSettings) -> Result<MatrixClient, String> {
+    pub fn new(config: &Config) -> Result<MatrixClient, String> {
+        let settings = &config.settings.matrix;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(settings.timeout_secs.min(5)))
             .timeout(Duration::from_secs(settings.timeout_secs))
             .user_agent("tchap-portal")
+            // A configured server's redirect could point anywhere: never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
         Ok(MatrixClient {
             http,
-            default_homeserver: settings.homeserver.trim_end_matches('/').to_owned(),
-            server_name: settings.server_name.clone(),
+            homeservers: config.homeservers.clone(),
             discovery: settings.discovery_homeservers.clone(),
         })
+    }
+
+    /// The configured homeserver named `server_name`, if any.
+    pub fn homeserver(&self, server_name: &str) -> Option<Homeserver> {
+        let wanted = server_name.to_lowercase();
+        self.homeservers
+            .iter()
+            .find(|h| h.server_name == wanted)
+            .map(|h| Homeserver {
+                url: h.url.clone(),
+                server_name: h.server_name.clone(),
+            })
+    }
+
+    fn default_homeserver(&self) -> Option<Homeserver> {
+        self.homeservers.first().map(|h| Homeserver {
+            url: h.url.clone(),
+            server_name: h.server_name.clone(),
+        })
+    }
+
+    /// The account's Matrix ID when the way it was typed tells it (not for an email address).
+    pub fn user_id_of(&self, id: &Identifier) -> Option<String> {
+        match id {
+            Identifier::UserId { localpart, server } => Some(format!("@{localpart}:{server}")),
+            Identifier::Localpart(localpart) => self
+                .default_homeserver()
+                .map(|h| format!("@{localpart}:{}", h.server_name)),
+            Identifier::Email(_) => None,
+        }
+    }
+
+    /// Checks that `user_id`, answered by `hs` for a login as `id`, is an account `hs` may vouch
+    /// for: one of its own users and, for a user name, the one typed.
+    pub fn check_user_id(
+        &self,
+        hs: &Homeserver,
+        id: &Identifier,
+        user_id: &str,
+    ) -> Result<(), MatrixError> {
+        let Some((local, server)) = split_user_id(user_id) else {
+            return Err(MatrixError::WrongUser(user_id.to_owned()));
+        };
+        if !server.eq_ignore_ascii_case(&hs.server_name) {
+            return Err(MatrixError::WrongUser(user_id.to_owned()));
+        }
+        match id {
+            Identifier::UserId { localpart, .. } | Identifier::Localpart(localpart)
+                if !local.eq_ignore_ascii_case(localpart) =>
+            {
+                Err(MatrixError::WrongUser(user_id.to_owned()))
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
 
-    /// The homeserver that holds this account, found the way Tchap finds it.
-    pub async fn discover(&self, id: &Identifier) -> Result<String, MatrixError> {
+    /// The configured homeserver that holds this account, found the way Tchap finds it: a user
+    /// name is on the default homeserver, a Matrix ID on its own server (refused, without asking
+    /// anyone, unless configured), an email address on the server the discovery servers name
+    /// (refused unless configured).
+    pub async fn discover(&self, id: &Identifier) -> Result<Homeserver, MatrixError> {
         match id {
-            Identifier::Localpart(_) => Ok(self.default_homeserver.clone()),
-            Identifier::UserId { server, .. } if *server == self.server_name => {
-                Ok(self.default_homeserver.clone())
-            }
-            Identifier::UserId { server, .. } => {
-                let url = format!("https://{server}/.well-known/matrix/client");
-                #[derive(Deserialize)]
-                struct WellKnown {
-                    #[serde(rename = "m.homeserver")]
-                    homeserver: Base,
-                }
-                #[derive(Deserialize)]
-                struct Base {
-                    base_url: String,
-                }
-                match self.http.get(&url).send().await {
-                    Ok(r) if r.status().is_success() => match r.json::<WellKnown>().await {
-                        Ok(w) => Ok(w.homeserver.base_url.trim_end_matches('/').to_owned()),
-                        Err(_) => Ok(format!("https://{server}")),
-                    },
-                    Ok(_) => Ok(format!("https://{server}")),
-                    Err(e) => Err(MatrixError::Unreachable(e.to_string())),
-                }
-            }
+            Identifier::Localpart(_) => self
+                .default_homeserver()
+                .ok_or_else(|| MatrixError::Untrusted(String::new())),
+            Identifier::UserId { server, .. } => self
+                .homeserver(server)
+                .ok_or_else(|| MatrixError::Untrusted(server.clone())),
             Identifier::Email(address) => {
                 let Some(first) = self.discovery.first() else {
-                    return Ok(self.default_homeserver.clone());
+                    return self
+                        .default_homeserver()
+                        .ok_or_else(|| MatrixError::Untrusted(String::new()));
                 };
                 #[derive(Deserialize)]
                 struct Info {
@@ -146,18 +230,35 @@ impl MatrixClient {
                     .send()
                     .await
                     .map_err(|e| MatrixError::Unreachable(e.to_string()))?;
+                if !res.status().is_success() {
+                    return Err(MatrixError::Unreachable(format!(
+                        "discovery answered {}",
+                        res.status()
+                    )));
+                }
                 let info: Info = res
                     .json()
                     .await
                     .map_err(|e| MatrixError::Unreachable(e.to_string()))?;
-                Ok(format!("https://matrix.{}", info.hs))
+                // Tchap answers a server name; some deployments prefix it with `matrix.`.
+                let name = info.hs.trim().to_lowercase();
+                self.homeserver(&name)
+                    .or_else(|| {
+                        name.strip_prefix("matrix.")
+                            .and_then(|n| self.homeserver(n))
+                    })
+                    .ok_or_else(|| {
+                        MatrixError::Untrusted(text::storable(&name).chars().take(255).collect())
+                    })
             }
         }
     }
 
+    /// `m.login.password` at `hs`; the answer is accepted only for an account `hs` may vouch for
+    /// ([`MatrixClient::check_user_id`]).
     pub async fn login(
         &self,
-        homeserver: &str,
+        hs: &Homeserver,
         id: &Identifier,
         password: &str,
         device_name: &str,
@@ -172,7 +273,7 @@ impl MatrixClient {
         };
         let res = self
             .http
-            .post(format!("{homeserver}/_matrix/client/v3/login"))
+            .post(format!("{}/_matrix/client/v3/login", hs.url))
             .json(&json!({
                 "type": "m.login.password",
                 "identifier": identifier,
@@ -182,7 +283,19 @@ impl MatrixClient {
             .send()
             .await
             .map_err(|e| MatrixError::Unreachable(e.to_string()))?;
-        parse(res).await
+        let login: LoginResponse = parse(res).await?;
+        let printable =
+            |s: &str| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic());
+        if !printable(&login.user_id) {
+            return Err(MatrixError::WrongUser(
+                text::storable(&login.user_id).chars().take(255).collect(),
+            ));
+        }
+        self.check_user_id(hs, id, &login.user_id)?;
+        if !printable(&login.device_id) || login.access_token.is_empty() {
+            return Err(MatrixError::Unreachable("bad login answer".into()));
+        }
+        Ok(login)
     }
 
     async fn get_json<T: for<'de> Deserialize<'de>>(
@@ -213,7 +326,9 @@ impl MatrixClient {
         }
         let path = format!("/_matrix/client/v3/profile/{}", percent_encode(user_id));
         match self.get_json::<Profile>(homeserver, &path, token).await {
-            Ok(p) => Ok(p.displayname),
+            Ok(p) => Ok(p
+                .displayname
+                .map(|n| text::storable(&n).chars().take(255).collect())),
             Err(MatrixError::Other { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -244,7 +359,8 @@ impl MatrixClient {
             .threepids
             .into_iter()
             .filter(|t| t.medium == "email" && t.validated_at.is_some())
-            .map(|t| t.address.to_lowercase())
+            .map(|t| text::storable(&t.address).to_lowercase())
+            .filter(|a| a.len() <= 320 && a.contains('@'))
             .collect())
     }
 
@@ -324,5 +440,73 @@ mod tests {
         );
         assert_eq!(Identifier::parse("@alice"), None);
         assert_eq!(Identifier::parse("  "), None);
+        assert_eq!(Identifier::parse("@al ice:x.gouv.fr"), None);
+        assert_eq!(Identifier::parse("@alice:evil/host"), None);
+        assert_eq!(Identifier::parse("ali\u{0}ce"), None);
+        assert_eq!(
+            Identifier::parse("@alice:[::1]:8448"),
+            Some(Identifier::UserId {
+                localpart: "alice".into(),
+                server: "[::1]:8448".into()
+            })
+        );
+    }
+
+    fn client() -> MatrixClient {
+        let settings = crate::config::Settings {
+            database_url: Some("postgres://localhost/portal".into()),
+            matrix: crate::config::MatrixSettings {
+                homeservers: vec![HomeserverSetting {
+                    server_name: "Agent.Tchap.gouv.fr".into(),
+                    url: "https://matrix.agent.tchap.gouv.fr/".into(),
+                }],
+                ..crate::config::Settings::default().matrix
+            },
+            ..crate::config::Settings::default()
+        };
+        let config = Config::validate(settings, false).expect("config");
+        MatrixClient::new(&config).expect("client")
+    }
+
+    #[test]
+    fn only_configured_servers_and_only_for_their_own_users() {
+        let c = client();
+        let hs = c
+            .homeserver("agent.tchap.gouv.fr")
+            .expect("configured, any case");
+        assert_eq!(hs.url, "https://matrix.agent.tchap.gouv.fr");
+        assert!(c.homeserver("localhost").is_some(), "the default one");
+        assert!(c.homeserver("evil.example").is_none());
+        let typed = Identifier::parse("@alice:agent.tchap.gouv.fr").expect("id");
+        assert!(c
+            .check_user_id(&hs, &typed, "@alice:agent.tchap.gouv.fr")
+            .is_ok());
+        for forged in [
+            "@admin:localhost",
+            "@bob:agent.tchap.gouv.fr",
+            "@alice:agent.tchap.gouv.fr.evil.example",
+            "alice",
+            "@alice",
+        ] {
+            assert!(
+                matches!(
+                    c.check_user_id(&hs, &typed, forged),
+                    Err(MatrixError::WrongUser(_))
+                ),
+                "{forged}"
+            );
+        }
+        let by_address = Identifier::parse("alice@interieur.gouv.fr").expect("email");
+        assert!(c
+            .check_user_id(&hs, &by_address, "@alice-x:agent.tchap.gouv.fr")
+            .is_ok());
+        assert!(c
+            .check_user_id(&hs, &by_address, "@alice-x:localhost")
+            .is_err());
+        assert_eq!(
+            c.user_id_of(&Identifier::Localpart("alice".into()))
+                .as_deref(),
+            Some("@alice:localhost")
+        );
     }
 }

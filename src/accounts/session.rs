@@ -136,22 +136,53 @@ pub async fn delete(conn: &mut AsyncPgConnection, id: i64) -> QueryResult<usize>
     diesel::delete(sessions::table.find(id)).execute(conn).await
 }
 
-/// Removes sessions past their absolute or idle expiry; returns how many.
-pub async fn purge_expired(
+/// A session past its absolute or idle expiry, with what logging its device out needs.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = sessions)]
+pub struct Expired {
+    pub id: i64,
+    pub matrix_user_id: String,
+    pub device_id: String,
+    pub homeserver_url: String,
+    pub access_token_enc: Vec<u8>,
+    pub expires_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+impl Expired {
+    /// When it ended: its absolute expiry or its last request plus the idle time.
+    pub fn ended_at(&self, settings: &SessionSettings) -> DateTime<Utc> {
+        self.expires_at
+            .min(self.last_seen_at + Duration::minutes(settings.idle_minutes))
+    }
+}
+
+/// Up to `limit` sessions past their absolute or idle expiry, oldest first.
+pub async fn expired(
     conn: &mut AsyncPgConnection,
     settings: &SessionSettings,
     now: DateTime<Utc>,
-) -> QueryResult<usize> {
+    limit: i64,
+) -> QueryResult<Vec<Expired>> {
     let idle_limit = now - Duration::minutes(settings.idle_minutes);
-    diesel::delete(
-        sessions::table.filter(
+    sessions::table
+        .filter(
             sessions::expires_at
                 .le(now)
                 .or(sessions::last_seen_at.le(idle_limit)),
-        ),
-    )
-    .execute(conn)
-    .await
+        )
+        .order(sessions::id)
+        .limit(limit)
+        .select(Expired::as_select())
+        .load(conn)
+        .await
+}
+
+/// Deletes the sessions `ids`; returns how many went.
+pub async fn delete_all(conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<usize> {
+    diesel::delete(sessions::table.filter(sessions::id.eq_any(ids)))
+        .execute(conn)
+        .await
 }
 
 pub fn set_cookie(cookies: &CookieJar<'_>, token: String, release: bool) {

@@ -5,10 +5,79 @@ use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use crate::db::schema::login_failures;
+use crate::crypto::Keys;
+use crate::db::schema::{account_addresses, login_failures};
 
-pub fn account_key(identifier: &str) -> String {
-    format!("account:{}", identifier.trim().to_lowercase())
+/// The key of an account: its Matrix ID when known (`@agent:server`), else the address typed.
+pub fn account_key(account: &str) -> String {
+    format!("account:{}", account.trim().to_lowercase())
+}
+
+/// What an address is looked up by: an HMAC, so the table holds no address in clear.
+const ADDRESS_PURPOSE: &str = "throttle-account-address";
+
+fn address_mac(keys: &Keys, address: &str) -> Vec<u8> {
+    keys.hmac(ADDRESS_PURPOSE, address.trim().to_lowercase().as_bytes())
+}
+
+/// The Matrix ID an address logged in as before, so that failures with the address and with
+/// the user name count for one account.
+pub async fn account_of_address(
+    conn: &mut AsyncPgConnection,
+    keys: &Keys,
+    address: &str,
+) -> QueryResult<Option<String>> {
+    account_addresses::table
+        .find(address_mac(keys, address))
+        .select(account_addresses::matrix_user_id)
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Remembers the verified addresses of an account that just logged in.
+pub async fn remember_addresses(
+    conn: &mut AsyncPgConnection,
+    keys: &Keys,
+    matrix_user_id: &str,
+    addresses: &[String],
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    if addresses.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = addresses
+        .iter()
+        .map(|a| {
+            (
+                account_addresses::address_mac.eq(address_mac(keys, a)),
+                account_addresses::matrix_user_id.eq(matrix_user_id),
+                account_addresses::seen_at.eq(now),
+            )
+        })
+        .collect();
+    diesel::insert_into(account_addresses::table)
+        .values(rows)
+        .on_conflict(account_addresses::address_mac)
+        .do_update()
+        .set((
+            account_addresses::matrix_user_id
+                .eq(diesel::upsert::excluded(account_addresses::matrix_user_id)),
+            account_addresses::seen_at.eq(diesel::upsert::excluded(account_addresses::seen_at)),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Forgets addresses not seen at a login for `days`.
+pub async fn purge_addresses(
+    conn: &mut AsyncPgConnection,
+    before: DateTime<Utc>,
+) -> QueryResult<usize> {
+    diesel::delete(account_addresses::table.filter(account_addresses::seen_at.le(before)))
+        .execute(conn)
+        .await
 }
 
 pub fn ip_key(ip: Option<std::net::IpAddr>) -> String {

@@ -17,11 +17,12 @@ use crate::web::form::{FieldErrors, Page};
 use crate::web::page::Ctx;
 
 use super::domains;
+use crate::web::text::Text;
 
 #[derive(Debug, Default, FromForm)]
 pub struct RuleForm {
-    #[field(default = String::new())]
-    pub rule: String,
+    #[field(default = Text::empty())]
+    pub rule: Text,
 }
 
 /// A rule as typed: trimmed and lowercased ("@" and a leading "*" dropped, as people paste them).

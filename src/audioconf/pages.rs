@@ -23,18 +23,19 @@ use super::booking::{self, BookError, Created};
 use super::request::{self, Choice, Limited, LinkError};
 use super::{domains, format, tchap};
 use crate::oidc::authorize::csp_allowing;
+use crate::web::text::Text;
 
 #[derive(Debug, Clone, Default, FromForm, Serialize, Validate)]
 pub struct BookForm {
-    #[field(default = String::new())]
+    #[field(default = Text::empty())]
     #[validate(custom(function = "email_field"))]
-    pub email: String,
-    #[field(default = String::new())]
-    pub when: String,
-    #[field(default = String::new())]
-    pub day: String,
-    #[field(default = String::new())]
-    pub duration: String,
+    pub email: Text,
+    #[field(default = Text::empty())]
+    pub when: Text,
+    #[field(default = Text::empty())]
+    pub day: Text,
+    #[field(default = Text::empty())]
+    pub duration: Text,
 }
 
 fn email_field(v: &str) -> Result<(), ValidationError> {
@@ -96,14 +97,16 @@ pub(super) fn form_page(
         form.when = "day".into();
     }
     if form.day.is_empty() {
-        form.day = today.to_string();
+        form.day = Text(today.to_string());
     }
     if form.duration.is_empty() {
-        form.duration = settings
-            .durations_minutes
-            .first()
-            .map(|m| m.to_string())
-            .unwrap_or_default();
+        form.duration = Text(
+            settings
+                .durations_minutes
+                .first()
+                .map(|m| m.to_string())
+                .unwrap_or_default(),
+        );
     }
     Page {
         status,
@@ -128,11 +131,12 @@ pub(super) fn form_page(
 #[get("/audioconf")]
 pub fn book_page(ctx: Ctx, config: &State<Config>) -> Page {
     let form = BookForm {
-        email: ctx
-            .user
-            .as_ref()
-            .and_then(|u| u.emails().next().map(str::to_owned))
-            .unwrap_or_default(),
+        email: Text(
+            ctx.user
+                .as_ref()
+                .and_then(|u| u.emails().next().map(str::to_owned))
+                .unwrap_or_default(),
+        ),
         ..<BookForm as Default>::default()
     };
     form_page(&ctx, config, &form, &FieldErrors::default(), Status::Ok)
@@ -175,7 +179,7 @@ pub(super) fn choice(
 pub async fn book(
     ctx: Ctx,
     form: Form<BookForm>,
-    client_ip: Option<std::net::IpAddr>,
+    client: crate::web::client::ClientAddr,
     db: &State<Db>,
     keys: &State<Keys>,
     mailer: &State<Mailer>,
@@ -220,7 +224,7 @@ pub async fn book(
     let now = Utc::now();
     let email = form.email.trim();
     match request::create(
-        &mut conn, keys, mailer, settings, email, chosen, client_ip, lang, now,
+        &mut conn, keys, mailer, settings, email, chosen, client.0, lang, now,
     )
     .await
     {
@@ -289,8 +293,8 @@ pub async fn confirm_page(ctx: Ctx, token: &str, db: &State<Db>) -> Result<Page,
 
 #[derive(Debug, FromForm)]
 pub struct TokenForm {
-    #[field(default = String::new())]
-    pub token: String,
+    #[field(default = Text::empty())]
+    pub token: Text,
 }
 
 pub(super) fn details(ctx: &Ctx, settings: &AudioconfSettings, c: &Created, email: &str) -> Value {

@@ -36,6 +36,7 @@ use crate::oidc::jwt;
 use crate::web::errors::AppError;
 use crate::web::form::{FieldErrors, Page};
 use crate::web::page::Ctx;
+use crate::web::text::Text;
 
 use super::booking::{self, BookError, NewConference};
 use super::pages::{self, BookForm};
@@ -481,10 +482,10 @@ pub struct Flow {
 impl Flow {
     fn form(&self) -> BookForm {
         BookForm {
-            email: String::new(),
-            when: self.when.clone(),
-            day: self.day.clone(),
-            duration: self.duration.clone(),
+            email: Text::empty(),
+            when: Text(self.when.clone()),
+            day: Text(self.day.clone()),
+            duration: Text(self.duration.clone()),
         }
     }
 }
@@ -519,9 +520,9 @@ pub async fn start(
     let flow = Flow {
         nonce: crypto::random_token(32)?,
         verifier: crypto::random_token(32)?,
-        when: form.when.clone(),
-        day: form.day.clone(),
-        duration: form.duration.clone(),
+        when: form.when.to_string(),
+        day: form.day.to_string(),
+        duration: form.duration.to_string(),
         expires: Utc::now().timestamp() + FLOW_TTL_SECS,
     };
     let challenge = crypto::b64url(&crypto::sha256(flow.verifier.as_bytes()));

@@ -30,6 +30,7 @@ use super::hs::HsError;
 use super::pages::{display_name, room_path, Answer, Chat, Trouble};
 use super::room::{joined, member_of};
 use super::sync;
+use crate::web::text::Text;
 
 /// Public rooms shown per search.
 const DIRECTORY_LIMIT: u32 = 20;
@@ -126,8 +127,8 @@ fn lookup_error(l: &Lookup, ctx: &Ctx) -> Option<String> {
 
 #[derive(Debug, FromForm)]
 pub struct JoinForm {
-    #[field(default = String::new())]
-    pub salon: String,
+    #[field(default = Text::empty())]
+    pub salon: Text,
 }
 
 async fn directory(
@@ -280,12 +281,12 @@ pub async fn leave(ctx: Ctx, user: CurrentUser, chat: Chat<'_>, room: &str) -> A
 
 #[derive(Debug, Default, FromForm, serde::Serialize)]
 pub struct CreateForm {
-    #[field(default = String::new())]
-    pub name: String,
-    #[field(default = String::new())]
-    pub topic: String,
-    #[field(default = String::new())]
-    pub kind: String,
+    #[field(default = Text::empty())]
+    pub name: Text,
+    #[field(default = Text::empty())]
+    pub topic: Text,
+    #[field(default = Text::empty())]
+    pub kind: Text,
 }
 
 #[get("/discussions/nouveau")]
@@ -367,8 +368,8 @@ pub async fn create(ctx: Ctx, user: CurrentUser, chat: Chat<'_>, form: Form<Crea
 
 #[derive(Debug, FromForm)]
 pub struct ContactForm {
-    #[field(default = String::new())]
-    pub contact: String,
+    #[field(default = Text::empty())]
+    pub contact: Text,
 }
 
 #[get("/discussions/direct")]

@@ -28,6 +28,7 @@ use super::html::escape;
 use super::pages::{room_path, Answer, Chat, Trouble};
 use super::room::{self, member_of, new_nonce, send_event, Compose};
 use super::sync::RoomRow;
+use crate::web::text::Text;
 
 /// The day a `/audioconf` argument names: nothing or "aujourd'hui" (today), "demain", or a date
 /// (`2026-11-23` or `23/11/2026`). `None` when it names no day.
@@ -269,8 +270,8 @@ pub async fn start(
 
 #[derive(Debug, FromForm)]
 pub struct StartForm {
-    #[field(default = String::new())]
-    pub jour: String,
+    #[field(default = Text::empty())]
+    pub jour: Text,
 }
 
 /// "Démarrer une audioconférence" on the room page.
@@ -330,8 +331,8 @@ pub async fn refused(
 
 #[derive(Debug, FromForm)]
 pub struct CloseForm {
-    #[field(default = String::new())]
-    pub conference: String,
+    #[field(default = Text::empty())]
+    pub conference: Text,
 }
 
 /// Closes the room's line (only the agent who started it) and says so in the room.
@@ -351,7 +352,7 @@ pub async fn close(
         let found: Option<(i64, String)> = rooms::table
             .inner_join(conf::table)
             .filter(rooms::room_id.eq(room))
-            .filter(conf::public_id.eq(&form.conference))
+            .filter(conf::public_id.eq(form.conference.as_str()))
             .select((conf::id, rooms::booked_by))
             .first(&mut conn)
             .await

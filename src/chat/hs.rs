@@ -197,8 +197,9 @@ impl Hs {
         if let Some(h) = response.headers_mut() {
             *h = headers;
         }
+        // Text from the homeserver is made storable here, once, before anything reads it.
         let response = response
-            .body(bytes.to_vec())
+            .body(crate::web::text::clean_json(bytes.to_vec()))
             .map_err(|e| HsError::Unavailable(e.to_string()))?;
         Resp::try_from_http_response(response).map_err(classify)
     }

@@ -53,6 +53,18 @@ fn walk(node: &NodeRef, media: &mut Vec<String>) {
         let mut attrs = el.attrs.borrow_mut();
         match &*el.name.local {
             "a" => {
+                // The sanitiser's own scheme check can be bypassed (ruma#2557): checked again here.
+                let href = attrs
+                    .iter()
+                    .find(|a| &*a.name.local == "href")
+                    .map(|a| a.value.to_string());
+                let safe = href.as_deref().and_then(safe_href);
+                if let (Some(href), Some(safe)) = (&href, &safe) {
+                    if safe.starts_with("/discussions/media/") {
+                        media.push(href.trim().to_owned());
+                    }
+                }
+                set(&mut attrs, "href", safe.as_deref());
                 set(&mut attrs, "target", None);
                 set(&mut attrs, "rel", Some("noopener noreferrer"));
             }
@@ -73,6 +85,22 @@ fn walk(node: &NodeRef, media: &mut Vec<String>) {
     }
     for child in node.children() {
         walk(&child, media);
+    }
+}
+
+/// A link target a page may show: `http(s)`, `mailto` and `tel` as they are, `mxc` through the
+/// media proxy; anything else (`javascript:`, `data:`, relative or malformed) is dropped. The
+/// scheme is read the way browsers read it: ASCII whitespace and controls removed, any case.
+fn safe_href(href: &str) -> Option<String> {
+    let compact: String = href
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace() && !c.is_control())
+        .collect();
+    let (scheme, _) = compact.split_once(':')?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" | "https" | "mailto" | "tel" => Some(href.trim().to_owned()),
+        "mxc" => proxy_path(href.trim()),
+        _ => None,
     }
 }
 
@@ -187,6 +215,97 @@ mod tests {
             tel.html.contains(r#"href="tel:+33189000000,,123%23""#),
             "{}",
             tel.html
+        );
+    }
+
+    /// Every link target left in `html`, entities decoded.
+    fn hrefs(html: &str) -> Vec<String> {
+        html.split("href=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(|v| {
+                v.replace("&amp;", "&")
+                    .replace("&#58;", ":")
+                    .replace("&colon;", ":")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sanitiser_bypasses_leave_no_active_link_or_markup() {
+        let corpus = [
+            // Another attribute before href (ruma#2557).
+            r#"<a title="x" href="javascript:alert(1)">a</a>"#,
+            r#"<a rel="x" target="y" href="javascript:alert(1)">a</a>"#,
+            r#"<a data-mx-color="x" href="data:text/html,<script>alert(1)</script>">a</a>"#,
+            // Entities, whitespace, controls and case inside the scheme.
+            r#"<a href="&#106;avascript:alert(1)">a</a>"#,
+            r#"<a href="&#x6A;&#x61;vascript&#58;alert(1)">a</a>"#,
+            r#"<a href="java&#x09;script:alert(1)">a</a>"#,
+            r#"<a href="java&#10;script:alert(1)">a</a>"#,
+            r#"<a href=" JaVaScRiPt:alert(1)">a</a>"#,
+            "<a href=\"\u{1}javascript:alert(1)\">a</a>",
+            r#"<a href="javascript&colon;alert(1)">a</a>"#,
+            r#"<a href="vbscript:msgbox(1)">a</a>"#,
+            r#"<a href="DATA:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==">a</a>"#,
+            r#"<a href='javascript:alert(1)'>a</a>"#,
+            r#"<a href=javascript:alert(1)>a</a>"#,
+            r#"<a href="//evil.example/x">a</a>"#,
+            r#"<a href="/admin/services">a</a>"#,
+            // Nested and malformed tags.
+            r#"<a href="https://ok.example"><a href="javascript:alert(1)">b</a></a>"#,
+            r#"<scr<script>ipt>alert(1)</script>"#,
+            r#"<<a href="javascript:alert(1)">a</a>"#,
+            r#"<a href="javascript:alert(1)"<b>x</b>"#,
+            r#"<svg><a href="javascript:alert(1)">a</a></svg>"#,
+            r#"<math><a href="javascript:alert(1)">a</a></math>"#,
+            r#"<img src="x" onerror="alert(1)"><iframe src="javascript:alert(1)"></iframe>"#,
+            r#"<font color="red" style="background:url(javascript:alert(1))">x</font>"#,
+            r#"<a href="https://ok.example" onclick="alert(1)" onmouseover="alert(1)">a</a>"#,
+            r#"<form action="javascript:alert(1)"><button>x</button></form>"#,
+            r#"<img src="mxc://evil/../../x"><img src="javascript:alert(1)">"#,
+            "<a href=\"javascript:alert(1)\u{0}\">a</a>",
+        ];
+        for input in corpus {
+            let out = formatted(input);
+            let lower = out.html.to_lowercase();
+            for bad in [
+                "<script",
+                "<iframe",
+                "<svg",
+                "<math",
+                "<form",
+                "onerror",
+                "onclick",
+                "onmouseover",
+                "style=",
+            ] {
+                assert!(!lower.contains(bad), "{input} → {}", out.html);
+            }
+            for href in hrefs(&out.html) {
+                let h = href.to_lowercase();
+                assert!(
+                    [
+                        "http://",
+                        "https://",
+                        "mailto:",
+                        "tel:",
+                        "/discussions/media/"
+                    ]
+                    .iter()
+                    .any(|ok| h.starts_with(ok)),
+                    "{input} → href {href:?}"
+                );
+            }
+        }
+        let kept = formatted(
+            r#"<a title="t" href="https://ok.example/a">w</a> <a href="mailto:a@b.gouv.fr">m</a>"#,
+        );
+        assert_eq!(
+            hrefs(&kept.html),
+            vec!["https://ok.example/a", "mailto:a@b.gouv.fr"],
+            "{}",
+            kept.html
         );
     }
 

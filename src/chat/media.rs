@@ -26,6 +26,7 @@ use super::hs::HsError;
 use super::pages::{room_path, Answer, Chat, Trouble};
 use super::room::{self, member_of, new_nonce, remember_media, valid_nonce, Compose};
 use super::timeline;
+use crate::web::text::Text;
 
 /// Image types shown inline (never SVG: it can carry script).
 pub const INLINE_IMAGES: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/webp"];
@@ -70,8 +71,8 @@ pub fn clean_name(raw: &str) -> String {
 
 #[derive(FromForm)]
 pub struct UploadForm<'r> {
-    #[field(default = String::new())]
-    pub nonce: String,
+    #[field(default = Text::empty())]
+    pub nonce: Text,
     pub file: Option<Capped<TempFile<'r>>>,
 }
 
@@ -154,7 +155,7 @@ async fn upload_inner(
         let compose = Compose {
             nonce: new_nonce()?,
             file_nonce: if valid_nonce(&form.nonce) {
-                form.nonce
+                form.nonce.into_inner()
             } else {
                 new_nonce()?
             },

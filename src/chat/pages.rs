@@ -23,6 +23,7 @@ use crate::web::page::Ctx;
 
 use super::hs::{Hs, HsError};
 use super::sync::{self, RoomRow, SyncError};
+use crate::web::text::Text;
 
 /// Rooms per page of the list.
 pub const PER_PAGE: i64 = 50;
@@ -325,10 +326,10 @@ pub async fn rooms(
 
 #[derive(Debug, FromForm)]
 pub struct InvitationForm {
-    #[field(default = String::new())]
-    pub room_id: String,
-    #[field(default = String::new())]
-    pub decision: String,
+    #[field(default = Text::empty())]
+    pub room_id: Text,
+    #[field(default = Text::empty())]
+    pub decision: Text,
 }
 
 /// Accepts (joins) or declines (leaves) an invitation.

@@ -30,6 +30,7 @@ use crate::web::page::Ctx;
 use super::pages::{display_name, room_path, Answer, Chat, Trouble};
 use super::sync::{self, RoomRow};
 use super::timeline::{self, Event, Item};
+use crate::web::text::Text;
 
 /// Events asked for per page of history.
 pub const PAGE_EVENTS: u32 = 30;
@@ -407,12 +408,12 @@ pub const DONE: &[&str] = &[
 
 #[derive(Debug, FromForm)]
 pub struct SendForm {
-    #[field(default = String::new())]
-    pub nonce: String,
-    #[field(name = "message", default = String::new())]
-    pub body: String,
-    #[field(default = String::new())]
-    pub reply_to: String,
+    #[field(default = Text::empty())]
+    pub nonce: Text,
+    #[field(name = "message", default = Text::empty())]
+    pub body: Text,
+    #[field(default = Text::empty())]
+    pub reply_to: Text,
 }
 
 /// The event content of a text message (a reply when it answers one).
@@ -516,7 +517,7 @@ async fn send_inner(
     }
     if !errors.is_empty() {
         let nonce = if valid_nonce(&form.nonce) {
-            form.nonce
+            form.nonce.into_inner()
         } else {
             new_nonce()?
         };
@@ -545,7 +546,13 @@ async fn send_inner(
         Ok(id) => id,
         Err(Trouble::Unavailable) => {
             // The homeserver did not answer: the text is kept, the same nonce retried.
-            return Ok(Either::Left(unsent(ctx, room, &body, reply_to, form.nonce)));
+            return Ok(Either::Left(unsent(
+                ctx,
+                room,
+                &body,
+                reply_to,
+                form.nonce.into_inner(),
+            )));
         }
         Err(e) => return Err(e),
     };

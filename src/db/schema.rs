@@ -1,6 +1,14 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    account_addresses (address_mac) {
+        address_mac -> Bytea,
+        matrix_user_id -> Text,
+        seen_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     audioconf_conferences (id) {
         id -> Int8,
         public_id -> Text,
@@ -245,6 +253,7 @@ diesel::joinable!(oidc_codes -> oidc_grants (grant_id));
 diesel::joinable!(oidc_tokens -> oidc_grants (grant_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    account_addresses,
     audioconf_conferences,
     audioconf_domains,
     audioconf_requests,

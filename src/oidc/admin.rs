@@ -18,36 +18,37 @@ use crate::web::form::{FieldErrors, Page};
 use crate::web::page::Ctx;
 
 use super::clients::{self, valid_redirect_uri, Client, NewClient};
+use crate::web::text::Text;
 
 #[derive(Debug, Clone, FromForm, Serialize, Validate)]
 pub struct ClientForm {
     #[validate(custom(function = "name"))]
-    #[field(default = String::new())]
-    pub name: String,
+    #[field(default = Text::empty())]
+    pub name: Text,
     #[validate(custom(function = "uris_required"))]
-    #[field(default = String::new())]
-    pub redirect_uris: String,
+    #[field(default = Text::empty())]
+    pub redirect_uris: Text,
     #[validate(custom(function = "uris"))]
-    #[field(default = String::new())]
-    pub post_logout_redirect_uris: String,
+    #[field(default = Text::empty())]
+    pub post_logout_redirect_uris: Text,
     #[validate(custom(function = "kind"))]
-    #[field(default = String::new())]
-    pub kind: String,
+    #[field(default = Text::empty())]
+    pub kind: Text,
     #[validate(custom(function = "subject_type"))]
-    #[field(default = String::new())]
-    pub subject_type: String,
+    #[field(default = Text::empty())]
+    pub subject_type: Text,
     #[validate(custom(function = "alg"))]
-    #[field(default = String::new())]
-    pub id_token_alg: String,
+    #[field(default = Text::empty())]
+    pub id_token_alg: Text,
     pub userinfo_signed: bool,
 }
 
 impl Default for ClientForm {
     fn default() -> Self {
         ClientForm {
-            name: String::new(),
-            redirect_uris: String::new(),
-            post_logout_redirect_uris: String::new(),
+            name: Text::empty(),
+            redirect_uris: Text::empty(),
+            post_logout_redirect_uris: Text::empty(),
             kind: "confidential".into(),
             subject_type: "pairwise".into(),
             id_token_alg: "RS256".into(),
@@ -114,8 +115,8 @@ impl ClientForm {
             redirect_uris: lines(&self.redirect_uris),
             post_logout_redirect_uris: lines(&self.post_logout_redirect_uris),
             public: self.kind == "public",
-            subject_type: self.subject_type.clone(),
-            id_token_alg: self.id_token_alg.clone(),
+            subject_type: self.subject_type.to_string(),
+            id_token_alg: self.id_token_alg.to_string(),
             userinfo_signed: self.userinfo_signed,
         }
     }

@@ -23,25 +23,26 @@ use crate::web::page::Ctx;
 
 use super::clients::{self, Client};
 use super::{claims, grants};
+use crate::web::text::Text;
 
 /// The request's parameters; unknown ones are ignored.
 #[derive(Debug, Clone, Default, FromForm, Serialize)]
 pub struct AuthParams {
-    pub response_type: Option<String>,
-    pub client_id: Option<String>,
-    pub redirect_uri: Option<String>,
-    pub scope: Option<String>,
-    pub state: Option<String>,
-    pub nonce: Option<String>,
-    pub code_challenge: Option<String>,
-    pub code_challenge_method: Option<String>,
-    pub prompt: Option<String>,
-    pub max_age: Option<String>,
-    pub login_hint: Option<String>,
-    pub ui_locales: Option<String>,
-    pub acr_values: Option<String>,
-    pub request: Option<String>,
-    pub request_uri: Option<String>,
+    pub response_type: Option<Text>,
+    pub client_id: Option<Text>,
+    pub redirect_uri: Option<Text>,
+    pub scope: Option<Text>,
+    pub state: Option<Text>,
+    pub nonce: Option<Text>,
+    pub code_challenge: Option<Text>,
+    pub code_challenge_method: Option<Text>,
+    pub prompt: Option<Text>,
+    pub max_age: Option<Text>,
+    pub login_hint: Option<Text>,
+    pub ui_locales: Option<Text>,
+    pub acr_values: Option<Text>,
+    pub request: Option<Text>,
+    pub request_uri: Option<Text>,
     /// Set by the portal when it sends the agent to log in again: a login at or after this time
     /// satisfies `prompt=login` and `max_age`.
     #[field(name = "_fresh")]
@@ -249,7 +250,7 @@ async fn check(
     }
     Ok(Ok(Checked {
         client,
-        redirect_uri,
+        redirect_uri: redirect_uri.into_inner(),
         scopes,
         consented,
     }))

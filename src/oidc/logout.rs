@@ -24,14 +24,15 @@ use crate::web::page::Ctx;
 use super::authorize::{csp_allowing, with_query};
 use super::clients::{self, Client};
 use super::{claims, jwt, keys};
+use crate::web::text::Text;
 
 #[derive(Debug, Default, Clone, FromForm)]
 pub struct LogoutParams {
-    pub id_token_hint: Option<String>,
-    pub post_logout_redirect_uri: Option<String>,
-    pub state: Option<String>,
-    pub client_id: Option<String>,
-    pub ui_locales: Option<String>,
+    pub id_token_hint: Option<Text>,
+    pub post_logout_redirect_uri: Option<Text>,
+    pub state: Option<Text>,
+    pub client_id: Option<Text>,
+    pub ui_locales: Option<Text>,
 }
 
 /// What a request resolved to, once its parameters are checked.

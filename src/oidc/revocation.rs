@@ -14,13 +14,14 @@ use crate::db::Db;
 use super::grants;
 use super::token::{authenticate_client, Api, BasicAuth};
 use super::{claims, clients::Client};
+use crate::web::text::Text;
 
 #[derive(Debug, Default, FromForm)]
 pub struct TokenRequest {
-    pub token: Option<String>,
-    pub token_type_hint: Option<String>,
-    pub client_id: Option<String>,
-    pub client_secret: Option<String>,
+    pub token: Option<Text>,
+    pub token_type_hint: Option<Text>,
+    pub client_id: Option<Text>,
+    pub client_secret: Option<Text>,
 }
 
 async fn client_and_token(

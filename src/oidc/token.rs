@@ -17,6 +17,7 @@ use super::clients::{self, Client};
 use super::grants::{self, Grant, RedeemError, Redemption};
 use super::keys::KeyRing;
 use super::{claims, jwt};
+use crate::web::text::Text;
 
 /// A JSON answer for machines: never cached.
 pub struct Api {
@@ -88,14 +89,14 @@ impl<'r> Responder<'r, 'static> for Api {
 
 #[derive(Debug, Default, FromForm)]
 pub struct TokenForm {
-    pub grant_type: Option<String>,
-    pub code: Option<String>,
-    pub redirect_uri: Option<String>,
-    pub code_verifier: Option<String>,
-    pub refresh_token: Option<String>,
-    pub client_id: Option<String>,
-    pub client_secret: Option<String>,
-    pub scope: Option<String>,
+    pub grant_type: Option<Text>,
+    pub code: Option<Text>,
+    pub redirect_uri: Option<Text>,
+    pub code_verifier: Option<Text>,
+    pub refresh_token: Option<Text>,
+    pub client_id: Option<Text>,
+    pub client_secret: Option<Text>,
+    pub scope: Option<Text>,
 }
 
 /// The `Authorization: Basic` credentials, if any (RFC 6749 §2.3.1: form-urlencoded parts).
@@ -386,7 +387,7 @@ pub async fn token(
 
 #[derive(Debug, Default, FromForm)]
 pub struct UserinfoForm {
-    pub access_token: Option<String>,
+    pub access_token: Option<Text>,
 }
 
 fn bearer(req_header: Option<&str>) -> Option<String> {
@@ -500,7 +501,7 @@ pub async fn userinfo_post(
     keys: &State<Keys>,
     config: &State<Config>,
 ) -> Api {
-    let from_body = form.and_then(|f| f.into_inner().access_token);
+    let from_body = form.and_then(|f| f.into_inner().access_token.map(Text::into_inner));
     if auth.0.is_some() && from_body.is_some() {
         return Api::error(Status::BadRequest, "invalid_request", "send the token once");
     }

@@ -235,8 +235,7 @@ impl<'r> FromRequest<'r> for MetricsAccess {
             return Outcome::Error((Status::InternalServerError, ()));
         };
         let m = &config.settings.metrics;
-        let by_ip = req
-            .client_ip()
+        let by_ip = crate::web::client::client_addr(req)
             .is_some_and(|ip: IpAddr| m.allow_ips.contains(&ip));
         let by_token = m.token.as_deref().is_some_and(|t| {
             req.headers()

@@ -1,5 +1,6 @@
 //! Web plumbing shared by every part: pages, CSRF, security headers, errors, translations, metrics.
 
+pub mod client;
 pub mod csrf;
 pub mod errors;
 pub mod form;
@@ -9,6 +10,7 @@ pub mod i18n;
 pub mod metrics;
 pub mod page;
 pub mod pages;
+pub mod text;
 
 use rocket::fairing::AdHoc;
 use rocket::fs::FileServer;
@@ -28,6 +30,7 @@ pub fn stage(config: &Config) -> AdHoc {
     AdHoc::on_ignite("Web", move |rocket| async move {
         rocket
             .attach(metrics::RequestLog)
+            .attach(text::RefuseHostileUri)
             .attach(csrf)
             .attach(headers)
             .attach(Template::custom(|engines| {
@@ -46,6 +49,7 @@ pub fn stage(config: &Config) -> AdHoc {
                     health::readyz,
                     metrics::metrics,
                     csrf::rejected,
+                    text::refused,
                 ],
             )
             .mount("/public", FileServer::from("public").rank(20))

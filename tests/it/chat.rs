@@ -221,3 +221,45 @@ async fn a_token_revoked_elsewhere_or_a_silent_homeserver_gets_a_clear_answer() 
         .expect("count");
     assert_eq!(left, 0, "the portal session ended too");
 }
+
+#[rocket::async_test]
+async fn nul_and_control_characters_from_the_homeserver_never_break_a_page() {
+    let (_, alice) = new_user("nul", PASSWORD, None).await;
+    let ta = token_of(&alice, PASSWORD).await;
+    let room = create_room(
+        &ta,
+        json!({"name": "Salon\u{0}piégé\u{1}\u{85}", "topic": "a\u{0}b", "preset": "public_chat"}),
+    )
+    .await;
+    send(
+        &ta,
+        &room,
+        json!({"msgtype": "m.text", "body": "bonjour\u{0} à\u{7} tous\u{FFFE}",
+               "format": "org.matrix.custom.html",
+               "formatted_body": "<b>bon\u{0}jour</b> <a title=\"t\" href=\"javascript:alert(1)\">lien</a>"}),
+    )
+    .await;
+    call(
+        "PUT",
+        &ta,
+        &format!("/profile/{}/displayname", urlencode(&alice)),
+        json!({"displayname": "Alice\u{0}\u{1b}[31m"}),
+    )
+    .await;
+    let app = TestApp::new().await;
+    log_in(&app.client, &alice, PASSWORD).await;
+    for round in 0..2 {
+        let (status, _, list) = get(&app, "/discussions").await;
+        assert_eq!(status, Status::Ok, "room list, round {round}: {list}");
+        assert!(
+            list.contains("Salonpiégé"),
+            "the name without its NUL: {list}"
+        );
+        assert!(!list.contains('\u{0}') && !list.contains('\u{1}'));
+        let (status, _, page) = get(&app, &crate::chat_room::room_path(&room)).await;
+        assert_eq!(status, Status::Ok, "room page, round {round}: {page}");
+        assert!(page.contains("bonjour"), "{page}");
+        assert!(!page.contains('\u{0}') && !page.contains('\u{FFFE}'));
+        assert!(!page.contains("javascript:"), "no active link: {page}");
+    }
+}

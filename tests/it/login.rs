@@ -8,6 +8,7 @@ use tchap_portal::accounts::session::CurrentUser;
 use tchap_portal::crypto::Keys;
 use tchap_portal::db::schema::sessions;
 
+use crate::common::hostile::Hostile;
 use crate::common::matrix::{new_user, whoami};
 use crate::common::{csrf_token, figment, title, TestApp, TestDb};
 
@@ -261,4 +262,315 @@ async fn an_expired_tchap_account_gets_its_own_message_and_no_session() {
         .await
         .expect("count");
     assert_eq!(n, 0, "no session for an expired account");
+}
+
+/// The number of sessions in a test's database.
+async fn session_count(db: &TestDb) -> i64 {
+    let mut conn = db.conn().await;
+    sessions::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .expect("count")
+}
+
+#[rocket::async_test]
+async fn a_matrix_id_of_a_server_not_configured_is_refused_without_asking_it() {
+    let hostile = Hostile::start("@admin:localhost", "localhost").await;
+    let app = TestApp::new().await;
+    for identifier in [
+        format!("@agent:127.0.0.1:{}", hostile.port),
+        "@agent:evil.example".to_owned(),
+    ] {
+        let (status, location, html) = post_login(&app.client, &identifier, PASSWORD, "/").await;
+        assert_eq!((status, location), (Status::UnprocessableEntity, None));
+        assert!(
+            html.contains("pas sur un serveur Tchap accepté"),
+            "{identifier}: {html}"
+        );
+        assert!(
+            html.contains(&format!("value=\"{identifier}\"")),
+            "input kept"
+        );
+        assert!(
+            html.contains("aria-describedby=\"identifier-"),
+            "tied to the field"
+        );
+    }
+    assert_eq!(hostile.seen(), Vec::<String>::new(), "nothing was fetched");
+    assert_eq!(session_count(&app.db).await, 0);
+}
+
+#[rocket::async_test]
+async fn a_configured_homeserver_is_believed_only_for_its_own_users() {
+    // The hostile server is configured as `evil.test`: it may vouch for `@…:evil.test` only.
+    // It is also the discovery server, and names itself for every address.
+    let hostile = Hostile::start("@admin:localhost", "evil.test").await;
+    let db = TestDb::new().await;
+    let fig = figment(&db)
+        .merge((
+            "portal.matrix.homeservers",
+            vec![serde_json::json!({"server_name": "evil.test", "url": hostile.url})],
+        ))
+        .merge((
+            "portal.matrix.discovery_homeservers",
+            vec![hostile.url.clone()],
+        ));
+    let app = TestApp::with_figment(db, fig).await;
+    let forged = [
+        // Another server's user (the default homeserver's administrator, say).
+        ("@agent:evil.test", "@admin:localhost"),
+        // Another account of its own.
+        ("@agent:evil.test", "@ministre:evil.test"),
+        ("agent@ministere.gouv.fr", "@admin:localhost"),
+        // Not a user ID at all.
+        ("@agent:evil.test", "@agent:evil.test\u{0}"),
+        ("@agent:evil.test", "admin"),
+    ];
+    for (identifier, answered) in forged {
+        hostile.set_login_user_id(answered);
+        let (status, location, html) = post_login(&app.client, identifier, PASSWORD, "/").await;
+        assert_eq!(
+            (status, location),
+            (Status::BadGateway, None),
+            "{identifier} answered as {answered:?}"
+        );
+        assert!(html.contains("répondu pour un autre compte"), "{html}");
+        assert_eq!(session_count(&app.db).await, 0, "{answered:?}");
+    }
+    assert!(
+        !hostile
+            .seen()
+            .iter()
+            .any(|p| p.contains("/profile/") || p.contains("/3pid")),
+        "nothing more is asked of a server that lied"
+    );
+    // The same server answering for the account typed is believed.
+    hostile.set_login_user_id("@agent:evil.test");
+    let (status, location, _) = post_login(&app.client, "@agent:evil.test", PASSWORD, "/").await;
+    assert_eq!((status, location.as_deref()), (Status::SeeOther, Some("/")));
+    assert_eq!(session_count(&app.db).await, 1);
+}
+
+#[rocket::async_test]
+async fn email_discovery_leads_only_to_configured_homeservers() {
+    let elsewhere = Hostile::start("@admin:localhost", "").await;
+    let discovery = Hostile::start("", &format!("127.0.0.1:{}", elsewhere.port)).await;
+    let db = TestDb::new().await;
+    let fig = figment(&db).merge((
+        "portal.matrix.discovery_homeservers",
+        vec![discovery.url.clone()],
+    ));
+    let app = TestApp::with_figment(db, fig).await;
+    let (_, user_id) = new_user("discovered", PASSWORD, None).await;
+    let address = format!("{}@agent.gouv.fr", crate::common::matrix::random_tag());
+    crate::common::matrix::set_email(&user_id, &address).await;
+
+    let (status, _, html) = post_login(&app.client, &address, PASSWORD, "/").await;
+    assert_eq!(status, Status::UnprocessableEntity);
+    assert!(html.contains("pas sur un serveur Tchap accepté"), "{html}");
+    assert!(html.contains(&format!("value=\"{address}\"")));
+    assert_eq!(discovery.seen(), vec!["/_matrix/identity/api/v1/info"]);
+    assert_eq!(
+        elsewhere.seen(),
+        Vec::<String>::new(),
+        "the unlisted server is never asked"
+    );
+    assert_eq!(session_count(&app.db).await, 0);
+
+    // Named a configured server (the test Synapse, `localhost`), the same address logs in there.
+    discovery.set_info_hs("localhost");
+    let (status, location, _) = post_login(&app.client, &address, PASSWORD, "/").await;
+    assert_eq!((status, location.as_deref()), (Status::SeeOther, Some("/")));
+    let mut conn = app.db.conn().await;
+    let who: String = sessions::table
+        .select(sessions::matrix_user_id)
+        .first(&mut conn)
+        .await
+        .expect("session");
+    assert_eq!(who, user_id);
+}
+
+#[rocket::async_test]
+async fn failures_count_for_the_account_however_it_is_spelled() {
+    let app = TestApp::new().await;
+    let (local, user_id) = new_user("spelled", PASSWORD, None).await;
+    let address = format!("{local}@agent.gouv.fr");
+    crate::common::matrix::set_email(&user_id, &address).await;
+    // One login with the address: the portal learns which account it belongs to.
+    let (status, _, _) = post_login(&app.client, &address, PASSWORD, "/").await;
+    assert_eq!(status, Status::SeeOther);
+    let other = app.another_browser().await;
+    // Each attempt from another client address: only the account can tie them together.
+    let mut n = 0;
+    let mut attempt = |spelling: String, password: &'static str| {
+        n += 1;
+        let peer: std::net::SocketAddr = format!("198.51.100.{n}:5000").parse().expect("addr");
+        let other = &other;
+        async move {
+            let page = other
+                .get("/connexion")
+                .dispatch()
+                .await
+                .into_string()
+                .await
+                .expect("page");
+            let res = other
+                .post("/connexion")
+                .remote(peer)
+                .header(ContentType::Form)
+                .body(format!(
+                    "csrf_token={}&identifier={}&password={password}",
+                    csrf_token(&page),
+                    enc(&spelling)
+                ))
+                .dispatch()
+                .await;
+            (res.status(), res.into_string().await.unwrap_or_default())
+        }
+    };
+    for spelling in [&local, &user_id, &address, &local.to_uppercase(), &user_id] {
+        let (status, html) = attempt(spelling.clone(), "wrong").await;
+        assert_eq!(status, Status::Ok, "{spelling}: {html}");
+    }
+    for spelling in [&local, &user_id, &address] {
+        let (status, html) = attempt(spelling.clone(), PASSWORD).await;
+        assert_eq!(status, Status::TooManyRequests, "{spelling}");
+        assert!(html.contains("Trop de tentatives"));
+    }
+}
+
+/// A failed login from the TCP peer `peer` whose proxy header claims `198.51.100.<n>`.
+async fn spoofed_attempt(client: &Client, peer: std::net::SocketAddr, n: usize) -> Status {
+    let page = client
+        .get("/connexion")
+        .dispatch()
+        .await
+        .into_string()
+        .await
+        .expect("page");
+    client
+        .post("/connexion")
+        .remote(peer)
+        .header(rocket::http::Header::new(
+            "X-Real-IP",
+            format!("198.51.100.{n}"),
+        ))
+        .header(ContentType::Form)
+        .body(format!(
+            "csrf_token={}&identifier=nobody{n}&password=wrong",
+            csrf_token(&page)
+        ))
+        .dispatch()
+        .await
+        .status()
+}
+
+/// `/metrics` asked from `peer`, whose proxy header claims the loopback address.
+async fn metrics_claiming_loopback(client: &Client, peer: std::net::SocketAddr) -> Status {
+    client
+        .get("/metrics")
+        .remote(peer)
+        .header(rocket::http::Header::new("X-Real-IP", "127.0.0.1"))
+        .dispatch()
+        .await
+        .status()
+}
+
+#[rocket::async_test]
+async fn the_proxy_header_is_believed_only_from_a_configured_proxy() {
+    let peer: std::net::SocketAddr = "203.0.113.9:5000".parse().expect("addr");
+    // Not a proxy: each request claims another address; all count for the peer.
+    let app = TestApp::new().await;
+    let mut statuses = vec![];
+    for n in 0..7 {
+        statuses.push(spoofed_attempt(&app.client, peer, n).await);
+    }
+    assert_eq!(
+        &statuses[5..],
+        &[Status::TooManyRequests; 2],
+        "{statuses:?}"
+    );
+    assert_eq!(
+        metrics_claiming_loopback(&app.client, peer).await,
+        Status::Forbidden,
+        "a spoofed loopback reads no metrics"
+    );
+
+    // A configured proxy: its header is the client's address.
+    let db = TestDb::new().await;
+    let fig = figment(&db).merge(("portal.proxy.trusted", vec!["203.0.113.0/24"]));
+    let app = TestApp::with_figment(db, fig).await;
+    for n in 0..7 {
+        assert_ne!(
+            spoofed_attempt(&app.client, peer, n).await,
+            Status::TooManyRequests
+        );
+    }
+    assert_eq!(
+        metrics_claiming_loopback(&app.client, peer).await,
+        Status::Ok,
+        "the proxy says the client is local"
+    );
+}
+
+#[rocket::async_test]
+async fn hostile_characters_in_the_login_form_never_break_it() {
+    let app = TestApp::new().await;
+    let page = app
+        .client
+        .get("/connexion")
+        .dispatch()
+        .await
+        .into_string()
+        .await
+        .expect("page");
+    let token = csrf_token(&page);
+    for (identifier, next) in [
+        ("%00", "%00"),
+        ("agent%00%01", "/%09/evil.example"),
+        ("%40agent%00%3Alocalhost", "/%0d%0a/evil.example"),
+        ("agent", "%2F%09%2Fevil.example"),
+        ("agent", "/\\evil.example"),
+    ] {
+        let res = app
+            .client
+            .post("/connexion")
+            .header(ContentType::Form)
+            .body(format!(
+                "csrf_token={token}&identifier={identifier}&password=x%00y&next={next}"
+            ))
+            .dispatch()
+            .await;
+        assert!(
+            res.status().code < 500,
+            "{identifier} {next}: {}",
+            res.status()
+        );
+        let html = res.into_string().await.unwrap_or_default();
+        assert!(!html.contains('\0'), "{identifier}");
+        assert!(
+            !html.contains("name=\"next\" value=\"/\t") && !html.contains("evil.example\""),
+            "{next}: the way back is a local path"
+        );
+    }
+    for next in [
+        "/%09/evil.example",
+        "/%0A/evil.example",
+        "%2F%2Fevil.example",
+        "//evil.example",
+    ] {
+        for path in [
+            format!("/langue/en?next={next}"),
+            format!("/connexion?next={next}"),
+        ] {
+            let res = app.client.get(path.clone()).dispatch().await;
+            assert!(res.status().code < 500, "{path}: {}", res.status());
+            let location = res.headers().get_one("Location").unwrap_or("/").to_owned();
+            assert!(
+                location.starts_with('/') && !location.starts_with("//"),
+                "{path} → {location}"
+            );
+        }
+    }
 }

@@ -1,8 +1,10 @@
 //! Server-side sessions: found by their cookie, ended by idle or absolute expiry.
 
 use chrono::{Duration, Utc};
+use tchap_portal::accounts::matrix::MatrixClient;
 use tchap_portal::accounts::session::{self, NewLogin};
 use tchap_portal::config::SessionSettings;
+use tchap_portal::crypto::Keys;
 
 use crate::common::TestDb;
 
@@ -26,6 +28,10 @@ async fn a_session_lives_until_idle_or_absolute_expiry() {
         idle_minutes: 30,
         absolute_hours: 12,
     };
+    let config =
+        tchap_portal::config::Config::from_figment(&crate::common::figment(&db)).expect("settings");
+    let matrix = MatrixClient::new(&config).expect("client");
+    let keys = Keys::new(&config.secret_key);
     let t0 = Utc::now();
     let (_, cookie) = session::create(&mut conn, &login(), &settings, t0)
         .await
@@ -80,9 +86,60 @@ async fn a_session_lives_until_idle_or_absolute_expiry() {
             .is_none()
     );
     assert_eq!(
-        session::purge_expired(&mut conn, &settings, t0 + Duration::hours(13))
-            .await
-            .expect("purge"),
+        tchap_portal::accounts::purge_expired(
+            &mut conn,
+            &settings,
+            &matrix,
+            &keys,
+            t0 + Duration::hours(13)
+        )
+        .await
+        .expect("purge"),
         2
     );
+}
+
+#[rocket::async_test]
+async fn an_expired_session_s_device_is_logged_out_on_the_homeserver() {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use tchap_portal::db::schema::sessions;
+    let app = crate::common::TestApp::new().await;
+    let (_, user_id) = crate::common::matrix::new_user("expiring", "Expiring-pass-42", None).await;
+    crate::common::log_in(&app.client, &user_id, "Expiring-pass-42").await;
+    let config = app
+        .client
+        .rocket()
+        .state::<tchap_portal::config::Config>()
+        .expect("config");
+    let keys = Keys::new(&config.secret_key);
+    let matrix = app.client.rocket().state::<MatrixClient>().expect("client");
+    let mut conn = app.db.conn().await;
+    let user: session::CurrentUser = sessions::table
+        .select(session::CurrentUser::as_select())
+        .first(&mut conn)
+        .await
+        .expect("session");
+    let token = user.access_token(&keys).expect("token");
+    assert_eq!(
+        crate::common::matrix::whoami(&token).await,
+        Ok(user_id.clone())
+    );
+
+    // Not expired yet: nothing goes, the device stays.
+    let settings = &config.settings.session;
+    let now = Utc::now();
+    let purged = tchap_portal::accounts::purge_expired(&mut conn, settings, matrix, &keys, now)
+        .await
+        .expect("purge");
+    assert_eq!(purged, 0);
+    assert!(crate::common::matrix::whoami(&token).await.is_ok());
+
+    // Idle past its limit: the device is logged out, then the row goes.
+    let later = now + Duration::minutes(settings.idle_minutes + 1);
+    let purged = tchap_portal::accounts::purge_expired(&mut conn, settings, matrix, &keys, later)
+        .await
+        .expect("purge");
+    assert_eq!(purged, 1);
+    assert_eq!(crate::common::matrix::whoami(&token).await, Err(401));
 }

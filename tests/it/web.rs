@@ -636,3 +636,235 @@ async fn page_values_are_html_escaped() {
     assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"));
     assert!(!html.contains("\"><b>x"));
 }
+
+/// Values a hostile visitor sends: empty, huge, NUL and controls, unicode oddities, markup,
+/// numbers out of range, other servers' identifiers, invalid percent-encodings.
+fn hostile_values() -> Vec<String> {
+    vec![
+        String::new(),
+        "x".repeat(20_000),
+        "\0".into(),
+        "a\0b\u{1}c\u{7f}\u{85}".into(),
+        "\t\r\n/\t/evil.example".into(),
+        "é🎉\u{202e}\u{FEFF}\u{FFFE}\u{10FFFF}".into(),
+        "<script>alert(1)</script>\"'&".into(),
+        "'; DROP TABLE sessions;--".into(),
+        "../../../etc/passwd".into(),
+        "-1".into(),
+        "99999999999999999999999".into(),
+        "2026-02-31".into(),
+        "@x:evil.example".into(),
+        "!room:evil.example".into(),
+        "mxc://evil.example/../x".into(),
+        "//evil.example".into(),
+    ]
+}
+
+/// Every field name the portal's forms take: a hostile body fills them all.
+const FIELDS: &[&str] = &[
+    "identifier",
+    "password",
+    "next",
+    "email",
+    "when",
+    "day",
+    "duration",
+    "token",
+    "rule",
+    "name",
+    "redirect_uris",
+    "post_logout_redirect_uris",
+    "kind",
+    "subject_type",
+    "id_token_alg",
+    "userinfo_signed",
+    "salon",
+    "topic",
+    "contact",
+    "jour",
+    "conference",
+    "nonce",
+    "message",
+    "reply_to",
+    "room_id",
+    "decision",
+    "authz",
+    "client_id",
+    "client_secret",
+    "grant_type",
+    "code",
+    "redirect_uri",
+    "code_verifier",
+    "refresh_token",
+    "scope",
+    "access_token",
+    "token_type_hint",
+    "id_token_hint",
+    "state",
+    "response_type",
+    "code_challenge",
+    "code_challenge_method",
+    "prompt",
+    "max_age",
+    "login_hint",
+    "ui_locales",
+    "acr_values",
+    "post_logout_redirect_uri",
+    "file",
+];
+
+fn fill(template: &str, value: &str) -> String {
+    let enc = tchap_portal::accounts::matrix::percent_encode;
+    template
+        .split('/')
+        .map(|seg| {
+            if seg.starts_with('<') {
+                enc(value)
+            } else {
+                seg.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Logs the fuzzing agent in; answers the CSRF token its forms carry.
+async fn log_in_for_token(client: &rocket::local::asynchronous::Client, user_id: &str) -> String {
+    crate::common::log_in(client, user_id, "Fuzz-pass-42").await;
+    let home = client
+        .get("/")
+        .dispatch()
+        .await
+        .into_string()
+        .await
+        .expect("home");
+    crate::common::csrf_token(&home)
+}
+
+/// Walks Rocket's route table as a logged-in administrator and sends every route hostile input:
+/// every path segment, query parameter and form field, with a valid CSRF token, fields repeated,
+/// missing and of the wrong type. No answer may be a server error.
+#[rocket::async_test]
+async fn hostile_input_on_every_route_never_gives_a_server_error() {
+    let enc = tchap_portal::accounts::matrix::percent_encode;
+    let (_, user_id) = crate::common::matrix::new_user("fuzz", "Fuzz-pass-42", None).await;
+    let db = crate::common::TestDb::new().await;
+    let fig = crate::common::figment(&db)
+        .merge(("portal.admins", vec![user_id.clone()]))
+        // The login form is fuzzed too: its throttle must not lock the fuzzing agent out.
+        .merge(("portal.accounts.max_failures", 100_000))
+        .merge(("portal.audioconf.numbers", vec!["+33189000001"]));
+    let app = TestApp::with_figment(db, fig).await;
+    let mut token = log_in_for_token(&app.client, &user_id).await;
+
+    let routes: Vec<(Method, String, Vec<String>)> = app
+        .client
+        .rocket()
+        .routes()
+        .filter(|r| matches!(r.method, Method::Get | Method::Post))
+        .map(|r| {
+            let query: Vec<String> = r
+                .uri
+                .origin
+                .query()
+                .map(|q| {
+                    q.as_str()
+                        .split('&')
+                        .map(|p| p.trim_matches(['<', '>', '.']).to_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (r.method, r.uri.origin.path().to_string(), query)
+        })
+        // Logging out would end the session the other routes are tried with.
+        .filter(|(_, path, _)| path != "/deconnexion")
+        .collect();
+    assert!(routes.len() > 40, "the whole table: {}", routes.len());
+
+    let mut failures = vec![];
+    let mut tried = 0;
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for (method, template, query) in &routes {
+        for value in hostile_values() {
+            let mut path = fill(template, &value);
+            if !query.is_empty() {
+                let q: Vec<String> = query
+                    .iter()
+                    .map(|k| format!("{k}={}", enc(&value)))
+                    .collect();
+                path = format!("{path}?{}", q.join("&"));
+            }
+            let status = match method {
+                Method::Get => app.client.get(path.clone()).dispatch().await.status(),
+                _ => {
+                    let fields: Vec<String> = FIELDS
+                        .iter()
+                        .map(|f| format!("{f}={}", enc(&value)))
+                        .collect();
+                    app.client
+                        .post(path.clone())
+                        .header(ContentType::Form)
+                        .body(format!("csrf_token={token}&{}", fields.join("&")))
+                        .dispatch()
+                        .await
+                        .status()
+                }
+            };
+            tried += 1;
+            *statuses.entry(status.code).or_default() += 1;
+            if status.code >= 500 {
+                failures.push(format!(
+                    "{method} {template} with {:?}: {status}",
+                    value.chars().take(40).collect::<String>()
+                ));
+            }
+        }
+        // A route that ends the session (OpenID logout): log in again, so that every route is
+        // tried as a logged-in agent.
+        let logged_in = app.client.get("/connexion").dispatch().await.status() == Status::SeeOther;
+        if !logged_in {
+            token = log_in_for_token(&app.client, &user_id).await;
+        }
+        if *method == Method::Post {
+            let plain = fill(template, "x");
+            let repeated: Vec<String> = FIELDS.iter().map(|f| format!("{f}=1&{f}=2")).collect();
+            for body in [
+                format!("csrf_token={token}"),
+                format!("csrf_token={token}&{}", repeated.join("&")),
+                format!(
+                    "csrf_token={token}&userinfo_signed=maybe&duration=abc&day=%FF%FE&email=%C0"
+                ),
+            ] {
+                let status = app
+                    .client
+                    .post(plain.clone())
+                    .header(ContentType::Form)
+                    .body(body.clone())
+                    .dispatch()
+                    .await
+                    .status();
+                tried += 1;
+                if status.code >= 500 {
+                    failures.push(format!(
+                        "POST {template} with `{}`: {status}",
+                        &body[..body.len().min(80)]
+                    ));
+                }
+            }
+        }
+    }
+    // The input reached the handlers: most answers are the handlers' own pages and refusals,
+    // not the guards' 401/403 (a fuzz that only met the door would prove nothing).
+    let handled: usize = statuses
+        .iter()
+        .filter(|(code, _)| !matches!(code, 401 | 403))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(handled * 3 > tried * 2, "answers by status: {statuses:?}");
+    assert!(
+        failures.is_empty(),
+        "{} of {tried} requests failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
