@@ -117,16 +117,19 @@ pub enum Stable {
     AudioconfEmail,
     /// AudioConf client addresses (limits).
     AudioconfIp,
+    /// The addresses an account logged in with (the login throttle counts one account).
+    AccountAddress,
 }
 
 impl Stable {
-    pub const ALL: [Stable; 6] = [
+    pub const ALL: [Stable; 7] = [
         Stable::SubjectPublic,
         Stable::SubjectPairwise,
         Stable::Sid,
         Stable::AudioconfPin,
         Stable::AudioconfEmail,
         Stable::AudioconfIp,
+        Stable::AccountAddress,
     ];
 
     /// The purpose string each was derived with before it was stored, so existing values stay.
@@ -138,6 +141,7 @@ impl Stable {
             Stable::AudioconfPin => "audioconf-pin",
             Stable::AudioconfEmail => "audioconf-email",
             Stable::AudioconfIp => "audioconf-ip",
+            Stable::AccountAddress => "throttle-account-address",
         }
     }
 }

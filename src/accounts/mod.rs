@@ -24,7 +24,8 @@ const ADDRESSES_KEPT_DAYS: i64 = 365;
 pub fn stage(config: &Config) -> AdHoc {
     let config = config.clone();
     let sessions = config.settings.session.clone();
-    let keys = Keys::new(&config.secret_key);
+    // The whole ring: expired sessions sealed under a previous secret are still logged out.
+    let keys = config.keys();
     AdHoc::try_on_ignite("Accounts", |rocket| async move {
         match matrix::MatrixClient::new(&config) {
             Ok(client) => {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use crate::crypto::Keys;
+use crate::crypto::{Keys, Stable};
 use crate::db::schema::{account_addresses, login_failures};
 
 /// The key of an account: its Matrix ID when known (`@agent:server`), else the address typed.
@@ -13,11 +13,12 @@ pub fn account_key(account: &str) -> String {
     format!("account:{}", account.trim().to_lowercase())
 }
 
-/// What an address is looked up by: an HMAC, so the table holds no address in clear.
-const ADDRESS_PURPOSE: &str = "throttle-account-address";
-
+/// What an address is looked up by: an HMAC (with a key a rotation of the secret leaves as it
+/// is), so the table holds no address in clear.
 fn address_mac(keys: &Keys, address: &str) -> Vec<u8> {
-    keys.hmac(ADDRESS_PURPOSE, address.trim().to_lowercase().as_bytes())
+    keys.stable(Stable::AccountAddress)
+        .mac(address.trim().to_lowercase().as_bytes())
+        .to_vec()
 }
 
 /// The Matrix ID an address logged in as before, so that failures with the address and with
