@@ -167,6 +167,18 @@ async fn cancel_page_shows(portal: &Client, cancel_token: &str, pin: &str) -> bo
     status == Status::Ok && page.contains(&grouped)
 }
 
+/// Sends the login form empty with a CSRF cookie and token: 422 when the token is accepted.
+async fn send_form(portal: &Client, csrf_cookie: &Cookie<'static>, token: &str) -> Status {
+    portal
+        .post("/connexion")
+        .header(ContentType::Form)
+        .cookie(csrf_cookie.clone())
+        .body(format!("csrf_token={token}&identifier=&password="))
+        .dispatch()
+        .await
+        .status()
+}
+
 fn counts_line<'a>(report: &'a str, what: &str) -> &'a str {
     report
         .lines()
@@ -235,6 +247,21 @@ async fn a_rotated_secret_key_keeps_subjects_sessions_and_pins_and_reencrypt_ret
         .expect("booked")
     };
     assert!(pin_accepted(&before, &created.number, &created.pin).await);
+    // A form shown before the rotation (its CSRF cookie and token), sent later.
+    let form = before
+        .get("/connexion?force=1")
+        .dispatch()
+        .await
+        .into_string()
+        .await
+        .expect("login page");
+    let form_token = crate::common::csrf_token(&form);
+    let csrf_cookie = before
+        .cookies()
+        .get(tchap_portal::web::csrf::cookie_name(false))
+        .expect("a CSRF cookie")
+        .clone()
+        .into_owned();
 
     // The `sub` is what the portal derived before stable keys existed: an upgrade changes none.
     let legacy = Keys::new(&secret_bytes(&k0));
@@ -263,6 +290,11 @@ async fn a_rotated_secret_key_keeps_subjects_sessions_and_pins_and_reencrypt_ret
         "the Matrix token sealed under k0 still opens"
     );
     assert!(pin_accepted(&rotated, &created.number, &created.pin).await);
+    assert_eq!(
+        send_form(&rotated, &csrf_cookie, &form_token).await,
+        Status::UnprocessableEntity,
+        "the form signed under k0 is accepted (and answered: fields missing)"
+    );
     assert!(cancel_page_shows(&rotated, &created.cancel_token, &created.pin).await);
     crate::common::log_in(&rotated, &user_id, PASSWORD).await;
     let (again, _) = sign_in_at_service(&rotated, &rp.client_id, &rp_secret).await;
@@ -296,6 +328,11 @@ async fn a_rotated_secret_key_keeps_subjects_sessions_and_pins_and_reencrypt_ret
 
     // k0 retired: the new secret alone opens everything and the same agent is the same `sub`.
     let after = portal(&db, &k1, &[]).await;
+    assert_eq!(
+        send_form(&after, &csrf_cookie, &form_token).await,
+        Status::Forbidden,
+        "once k0 is retired, its forms are refused with the CSRF page, not a 500"
+    );
     assert_eq!(userinfo_sub(&after, &access_token).await, sub);
     assert_eq!(room_list(&after, &session_cookie).await.0, Status::Ok);
     assert!(pin_accepted(&after, &created.number, &created.pin).await);
