@@ -60,16 +60,29 @@ impl Db {
     }
 }
 
-/// Applies pending migrations on a dedicated blocking connection; returns the versions applied.
+/// The advisory lock migrations run under: instances starting together on one database take
+/// turns, and each after the first finds nothing left to apply.
+const MIGRATION_LOCK: i64 = 0x7463_6861_7001; // "tchap" + 1
+
+/// Applies pending migrations on a dedicated blocking connection, under [`MIGRATION_LOCK`];
+/// returns the versions applied.
 pub async fn migrate(url: &str) -> Result<Vec<String>, String> {
+    use diesel::RunQueryDsl;
     let url = url.to_owned();
     rocket::tokio::task::spawn_blocking(move || {
         let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
             .map_err(|e| format!("cannot connect to the database: {e}"))?;
+        // Session-level: released by the unlock below, or by the server if this process dies.
+        diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+            .execute(&mut conn)
+            .map_err(|e| format!("cannot take the migration lock: {e}"))?;
         let applied = conn
             .run_pending_migrations(MIGRATIONS)
-            .map_err(|e| format!("migration failed: {e}"))?;
-        Ok(applied.iter().map(|v| v.to_string()).collect())
+            .map(|v| v.iter().map(|v| v.to_string()).collect())
+            .map_err(|e| format!("migration failed: {e}"));
+        let _ = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+            .execute(&mut conn);
+        applied
     })
     .await
     .map_err(|e| e.to_string())?

@@ -7,6 +7,7 @@ mod browser;
 mod chat;
 mod chat_room;
 mod common;
+mod db;
 mod keys;
 mod login;
 mod mail;

@@ -37,7 +37,17 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database copied from the migrated template.
     pub async fn new() -> TestDb {
+        TestDb::create(Some(&env("IT_TEMPLATE"))).await
+    }
+
+    /// An empty database, as a first start meets it.
+    pub async fn empty() -> TestDb {
+        TestDb::create(None).await
+    }
+
+    async fn create(template: Option<&str>) -> TestDb {
         let name = format!(
             "t_{}",
             tchap_portal::crypto::random_token(9)
@@ -48,13 +58,13 @@ impl TestDb {
         let mut admin = AsyncPgConnection::establish(&admin_url())
             .await
             .expect("admin connection");
-        diesel::sql_query(format!(
-            "CREATE DATABASE \"{name}\" TEMPLATE \"{}\"",
-            env("IT_TEMPLATE")
-        ))
-        .execute(&mut admin)
-        .await
-        .expect("create the test database");
+        let template = template
+            .map(|t| format!(" TEMPLATE \"{t}\""))
+            .unwrap_or_default();
+        diesel::sql_query(format!("CREATE DATABASE \"{name}\"{template}"))
+            .execute(&mut admin)
+            .await
+            .expect("create the test database");
         let url = admin_url()
             .rsplit_once('/')
             .map(|(base, _)| format!("{base}/{name}"))
