@@ -13,13 +13,11 @@ pub struct Admin(pub CurrentUser);
 impl<'r> FromRequest<'r> for Admin {
     type Error = ();
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
-        let user = req
-            .guard::<Option<CurrentUser>>()
-            .await
-            .succeeded()
-            .flatten();
-        let Some(user) = user else {
-            return Outcome::Error((Status::Unauthorized, ()));
+        let user = match req.guard::<CurrentUser>().await {
+            Outcome::Success(user) => user,
+            // The database could not tell: 503, as for any page that needs the agent.
+            Outcome::Error(e) => return Outcome::Error(e),
+            Outcome::Forward(_) => return Outcome::Error((Status::Unauthorized, ())),
         };
         match req.rocket().state::<Config>() {
             Some(config) if config.is_admin(&user.matrix_user_id) => Outcome::Success(Admin(user)),

@@ -200,30 +200,35 @@ pub fn clear_cookie(cookies: &CookieJar<'_>, release: bool) {
     cookies.remove(Cookie::build(cookie_name(release)).path("/").build());
 }
 
-/// The logged-in agent, if any; looked up once per request.
+/// The logged-in agent, if any; looked up once per request. When the database cannot tell (down,
+/// too slow), the answer is 503, not "logged out": an agent is never sent to the login page for a
+/// fault of ours.
 #[rocket::async_trait]
 impl<'r> FromRequest<'r> for CurrentUser {
     type Error = ();
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ()> {
-        let cached = req
+        let cached: &Result<Option<CurrentUser>, ()> = req
             .local_cache_async(async {
-                let config = req.rocket().state::<Config>()?;
-                let token = req
-                    .cookies()
-                    .get(cookie_name(config.release))?
-                    .value()
-                    .to_owned();
-                let db = req.rocket().state::<Db>()?;
-                let mut conn = db.get().await.ok()?;
+                let Some(config) = req.rocket().state::<Config>() else {
+                    return Err(());
+                };
+                let Some(token) = req.cookies().get(cookie_name(config.release)) else {
+                    return Ok(None);
+                };
+                let token = token.value().to_owned();
+                let db = req.rocket().state::<Db>().ok_or(())?;
+                let mut conn = db.get().await.map_err(|e| {
+                    tracing::warn!(error = %e, "session lookup: no database connection");
+                })?;
                 find(&mut conn, &token, &config.settings.session, Utc::now())
                     .await
-                    .ok()
-                    .flatten()
+                    .map_err(|e| tracing::warn!(error = %e, "session lookup failed"))
             })
             .await;
         match cached {
-            Some(user) => Outcome::Success(user.clone()),
-            None => Outcome::Forward(rocket::http::Status::Unauthorized),
+            Ok(Some(user)) => Outcome::Success(user.clone()),
+            Ok(None) => Outcome::Forward(rocket::http::Status::Unauthorized),
+            Err(()) => Outcome::Error((rocket::http::Status::ServiceUnavailable, ())),
         }
     }
 }

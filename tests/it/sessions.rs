@@ -143,3 +143,32 @@ async fn an_expired_session_s_device_is_logged_out_on_the_homeserver() {
     assert_eq!(purged, 1);
     assert_eq!(crate::common::matrix::whoami(&token).await, Err(401));
 }
+
+#[rocket::async_test]
+async fn with_the_database_gone_a_logged_in_agent_gets_503_not_the_login_page() {
+    let (_, user_id) = crate::common::matrix::new_user("dbdown", "Dbdown-pass-42", None).await;
+    let db = crate::common::TestDb::new().await;
+    let fig = crate::common::figment(&db)
+        .merge(("portal.admins", vec![user_id.clone()]))
+        .merge(("portal.db.timeout_secs", 1));
+    let app = crate::common::TestApp::with_figment(db, fig).await;
+    crate::common::log_in(&app.client, &user_id, "Dbdown-pass-42").await;
+    assert_eq!(
+        app.client
+            .get("/discussions/nouveau")
+            .dispatch()
+            .await
+            .status(),
+        rocket::http::Status::Ok
+    );
+    app.db.drop_now().await;
+    for path in ["/discussions/nouveau", "/mes-services", "/admin/services"] {
+        let res = app.client.get(path).dispatch().await;
+        assert_eq!(
+            res.status(),
+            rocket::http::Status::ServiceUnavailable,
+            "{path}: {:?}",
+            res.headers().get_one("Location")
+        );
+    }
+}
