@@ -207,8 +207,13 @@ impl Keys {
         &self.stable[which as usize]
     }
 
-    /// The MAC of `data` for `purpose` under each secret of the ring, the current one first: sign
-    /// with the first, accept any (what was signed before a rotation stays valid until it expires).
+    /// The MAC of `data` for `purpose` under the current secret: what the portal signs now.
+    pub fn mac(&self, purpose: &str, data: &[u8]) -> [u8; 32] {
+        Self::mac_under(&self.ring[0], purpose, data)
+    }
+
+    /// The MAC of `data` for `purpose` under each secret of the ring, the current one first:
+    /// accept any (what was signed before a rotation stays valid until it expires).
     pub fn macs<'a>(
         &'a self,
         purpose: &'a str,
@@ -216,7 +221,11 @@ impl Keys {
     ) -> impl Iterator<Item = [u8; 32]> + 'a {
         self.ring
             .iter()
-            .map(move |root| HmacKey::new(&root.mac(purpose.as_bytes())).mac(data))
+            .map(move |root| Self::mac_under(root, purpose, data))
+    }
+
+    fn mac_under(root: &HmacKey, purpose: &str, data: &[u8]) -> [u8; 32] {
+        HmacKey::new(&root.mac(purpose.as_bytes())).mac(data)
     }
 
     /// AES-256-GCM under the current secret with a random 96-bit nonce: `nonce || ciphertext ||
@@ -429,6 +438,11 @@ mod tests {
         let macs: Vec<[u8; 32]> = rotated.macs("csrf", b"x").collect();
         assert_eq!(macs.len(), 2);
         assert_eq!(macs[1], old_mac);
+        assert_eq!(
+            rotated.mac("csrf", b"x"),
+            macs[0],
+            "the current secret signs"
+        );
         assert_ne!(macs[0], old_mac);
     }
 

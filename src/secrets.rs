@@ -190,6 +190,47 @@ impl Report {
     }
 }
 
+/// Reseals one sealed column of `$table` (`id` keyed), `$batch` rows at a time: the row's
+/// `$col`s give the purpose and associated data it is bound to; a row is replaced only if it still
+/// holds what was read. Evaluates to the column's [`Counts`]. A macro, as diesel's tables are
+/// distinct types: the loop is written once, for each table.
+macro_rules! reseal_column {
+    ($conn:expr, $keys:expr, $batch:expr, $table:ident, $enc:ident, ($($col:ident),+),
+     |$($var:ident),+| $bound:expr) => {{
+        let mut c = Counts::default();
+        let mut after = 0i64;
+        loop {
+            let rows: Vec<(i64, $(reseal_column!(@string $col),)+ Vec<u8>)> = $table::table
+                .filter($table::id.gt(after))
+                .order($table::id)
+                .limit($batch)
+                .select(($table::id, $($table::$col,)+ $table::$enc))
+                .load($conn)
+                .await?;
+            let Some(last) = rows.last().map(|r| r.0) else {
+                break;
+            };
+            for (id, $($var,)+ sealed) in rows {
+                let (purpose, aad) = $bound;
+                if let Some(new) = c.add($keys, purpose, &sealed, &aad) {
+                    let n = diesel::update(
+                        $table::table
+                            .filter($table::id.eq(id))
+                            .filter($table::$enc.eq(&sealed)),
+                    )
+                    .set($table::$enc.eq(new))
+                    .execute($conn)
+                    .await?;
+                    c.written(n);
+                }
+            }
+            after = last;
+        }
+        c
+    }};
+    (@string $col:ident) => { String };
+}
+
 /// Seals every encrypted value again under the current secret, `batch` rows at a time. Safe while
 /// portals serve: a row is only replaced if it still holds what was read (what the portal wrote
 /// meanwhile is under the current secret already). Running it again re-encrypts nothing.
@@ -220,103 +261,41 @@ pub async fn reencrypt(
         .0
         .push(("stable keys (subjects, sid, AudioConf HMACs)", c));
 
-    let mut c = Counts::default();
-    let mut after = 0i64;
-    loop {
-        let rows: Vec<(i64, String, Vec<u8>)> = oidc_keys::table
-            .filter(oidc_keys::id.gt(after))
-            .order(oidc_keys::id)
-            .limit(batch)
-            .select((oidc_keys::id, oidc_keys::kid, oidc_keys::private_der_enc))
-            .load(conn)
-            .await?;
-        let Some(last) = rows.last().map(|r| r.0) else {
-            break;
-        };
-        for (id, kid, sealed) in rows {
-            if let Some(new) = c.add(keys, SIGNING_KEY_PURPOSE, &sealed, kid.as_bytes()) {
-                let n = diesel::update(
-                    oidc_keys::table
-                        .filter(oidc_keys::id.eq(id))
-                        .filter(oidc_keys::private_der_enc.eq(&sealed)),
-                )
-                .set(oidc_keys::private_der_enc.eq(new))
-                .execute(conn)
-                .await?;
-                c.written(n);
-            }
-        }
-        after = last;
-    }
-    report.0.push(("signing keys", c));
-
-    let mut c = Counts::default();
-    let mut after = 0i64;
-    loop {
-        let rows: Vec<(i64, String, String, Vec<u8>)> = sessions::table
-            .filter(sessions::id.gt(after))
-            .order(sessions::id)
-            .limit(batch)
-            .select((
-                sessions::id,
-                sessions::matrix_user_id,
-                sessions::device_id,
-                sessions::access_token_enc,
-            ))
-            .load(conn)
-            .await?;
-        let Some(last) = rows.last().map(|r| r.0) else {
-            break;
-        };
-        for (id, user, device, sealed) in rows {
-            if let Some(new) = c.add(keys, TOKEN_PURPOSE, &sealed, &token_aad(&user, &device)) {
-                let n = diesel::update(
-                    sessions::table
-                        .filter(sessions::id.eq(id))
-                        .filter(sessions::access_token_enc.eq(&sealed)),
-                )
-                .set(sessions::access_token_enc.eq(new))
-                .execute(conn)
-                .await?;
-                c.written(n);
-            }
-        }
-        after = last;
-    }
-    report.0.push(("Matrix access tokens (sessions)", c));
-
-    let mut c = Counts::default();
-    let mut after = 0i64;
-    loop {
-        let rows: Vec<(i64, String, Vec<u8>)> = audioconf_conferences::table
-            .filter(audioconf_conferences::id.gt(after))
-            .order(audioconf_conferences::id)
-            .limit(batch)
-            .select((
-                audioconf_conferences::id,
-                audioconf_conferences::public_id,
-                audioconf_conferences::pin_enc,
-            ))
-            .load(conn)
-            .await?;
-        let Some(last) = rows.last().map(|r| r.0) else {
-            break;
-        };
-        for (id, public_id, sealed) in rows {
-            if let Some(new) = c.add(keys, PIN_ENC_PURPOSE, &sealed, &pin_aad(&public_id)) {
-                let n = diesel::update(
-                    audioconf_conferences::table
-                        .filter(audioconf_conferences::id.eq(id))
-                        .filter(audioconf_conferences::pin_enc.eq(&sealed)),
-                )
-                .set(audioconf_conferences::pin_enc.eq(new))
-                .execute(conn)
-                .await?;
-                c.written(n);
-            }
-        }
-        after = last;
-    }
-    report.0.push(("AudioConf PINs", c));
+    report.0.push((
+        "signing keys",
+        reseal_column!(
+            conn,
+            keys,
+            batch,
+            oidc_keys,
+            private_der_enc,
+            (kid),
+            |kid| (SIGNING_KEY_PURPOSE, kid.into_bytes())
+        ),
+    ));
+    report.0.push((
+        "Matrix access tokens (sessions)",
+        reseal_column!(
+            conn,
+            keys,
+            batch,
+            sessions,
+            access_token_enc,
+            (matrix_user_id, device_id),
+            |user, device| (TOKEN_PURPOSE, token_aad(&user, &device))
+        ),
+    ));
+    report.0.push((
+        "AudioConf PINs",
+        reseal_column!(
+            conn,
+            keys,
+            batch,
+            audioconf_conferences,
+            pin_enc,
+            (public_id),
+            |public_id| (PIN_ENC_PURPOSE, pin_aad(&public_id))
+        ),
+    ));
     Ok(report)
 }

@@ -28,15 +28,26 @@ pub fn token_aad(user_id: &str, device_id: &str) -> Vec<u8> {
     format!("{user_id}|{device_id}").into_bytes()
 }
 
+/// A session's Matrix access token, opened (it is sealed bound to its user and device).
+pub fn open_access_token(
+    keys: &Keys,
+    matrix_user_id: &str,
+    device_id: &str,
+    sealed: &[u8],
+) -> Result<String, AppError> {
+    let plain = keys.decrypt(TOKEN_PURPOSE, sealed, &token_aad(matrix_user_id, device_id))?;
+    String::from_utf8(plain).map_err(|_| AppError::Internal("token is not UTF-8".into()))
+}
+
 impl CurrentUser {
     /// The agent's Matrix access token, decrypted.
     pub fn access_token(&self, keys: &Keys) -> Result<String, AppError> {
-        let plain = keys.decrypt(
-            TOKEN_PURPOSE,
+        open_access_token(
+            keys,
+            &self.matrix_user_id,
+            &self.device_id,
             &self.access_token_enc,
-            &token_aad(&self.matrix_user_id, &self.device_id),
-        )?;
-        String::from_utf8(plain).map_err(|_| AppError::Internal("token is not UTF-8".into()))
+        )
     }
 }
 

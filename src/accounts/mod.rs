@@ -111,12 +111,13 @@ pub async fn purge_expired(
     let give_up_before = now - chrono::Duration::days(LOGOUT_RETRY_DAYS);
     let done: Vec<i64> = rocket::futures::stream::iter(expired)
         .map(|s| async move {
-            let token = keys.decrypt(
-                login::TOKEN_PURPOSE,
+            let token = login::open_access_token(
+                keys,
+                &s.matrix_user_id,
+                &s.device_id,
                 &s.access_token_enc,
-                &login::token_aad(&s.matrix_user_id, &s.device_id),
             );
-            let logged_out = match token.ok().and_then(|t| String::from_utf8(t).ok()) {
+            let logged_out = match token.ok() {
                 Some(token) => match matrix.logout(&s.homeserver_url, &token).await {
                     Ok(()) => true,
                     Err(e) => {

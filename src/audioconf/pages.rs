@@ -97,10 +97,10 @@ pub(super) fn form_page(
         form.when = "day".into();
     }
     if form.day.is_empty() {
-        form.day = Text(today.to_string());
+        form.day = Text::from(today.to_string());
     }
     if form.duration.is_empty() {
-        form.duration = Text(
+        form.duration = Text::from(
             settings
                 .durations_minutes
                 .first()
@@ -131,7 +131,7 @@ pub(super) fn form_page(
 #[get("/audioconf")]
 pub fn book_page(ctx: Ctx, config: &State<Config>) -> Page {
     let form = BookForm {
-        email: Text(
+        email: Text::from(
             ctx.user
                 .as_ref()
                 .and_then(|u| u.emails().next().map(str::to_owned))

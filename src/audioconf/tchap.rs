@@ -483,9 +483,9 @@ impl Flow {
     fn form(&self) -> BookForm {
         BookForm {
             email: Text::empty(),
-            when: Text(self.when.clone()),
-            day: Text(self.day.clone()),
-            duration: Text(self.duration.clone()),
+            when: Text::from(self.when.as_str()),
+            day: Text::from(self.day.as_str()),
+            duration: Text::from(self.duration.as_str()),
         }
     }
 }

@@ -58,13 +58,7 @@ fn walk(node: &NodeRef, media: &mut Vec<String>) {
                     .iter()
                     .find(|a| &*a.name.local == "href")
                     .map(|a| a.value.to_string());
-                let safe = href.as_deref().and_then(safe_href);
-                if let (Some(href), Some(safe)) = (&href, &safe) {
-                    if safe.starts_with("/discussions/media/") {
-                        media.push(href.trim().to_owned());
-                    }
-                }
-                set(&mut attrs, "href", safe.as_deref());
+                set(&mut attrs, "href", href.as_deref().and_then(safe_href));
                 set(&mut attrs, "target", None);
                 set(&mut attrs, "rel", Some("noopener noreferrer"));
             }
@@ -88,20 +82,21 @@ fn walk(node: &NodeRef, media: &mut Vec<String>) {
     }
 }
 
-/// A link target a page may show: `http(s)`, `mailto` and `tel` as they are, `mxc` through the
-/// media proxy; anything else (`javascript:`, `data:`, relative or malformed) is dropped. The
-/// scheme is read the way browsers read it: ASCII whitespace and controls removed, any case.
-fn safe_href(href: &str) -> Option<String> {
+/// A link target a page may show: `http(s)`, `mailto` and `tel` (the allow-list's own schemes;
+/// `mxc` is for images only); anything else (`javascript:`, `data:`, relative or malformed) is
+/// dropped. The scheme is read the way browsers read it: ASCII whitespace and controls removed,
+/// any case.
+fn safe_href(href: &str) -> Option<&str> {
     let compact: String = href
         .chars()
         .filter(|c| !c.is_ascii_whitespace() && !c.is_control())
         .collect();
     let (scheme, _) = compact.split_once(':')?;
-    match scheme.to_ascii_lowercase().as_str() {
-        "http" | "https" | "mailto" | "tel" => Some(href.trim().to_owned()),
-        "mxc" => proxy_path(href.trim()),
-        _ => None,
-    }
+    matches!(
+        scheme.to_ascii_lowercase().as_str(),
+        "http" | "https" | "mailto" | "tel"
+    )
+    .then(|| href.trim())
 }
 
 /// A message's `formatted_body` (format `org.matrix.custom.html`), sanitised.

@@ -5,8 +5,9 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Europe::Paris;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use rocket::request::Outcome;
 use rocket::response::Redirect;
-use rocket::{get, post, Either, State};
+use rocket::{get, post, State};
 use serde::Serialize;
 use serde_json::json;
 
@@ -153,33 +154,34 @@ pub async fn revoke(
     .await
 }
 
+/// Not logged in: the 401 catcher sends to the login page and back; the database unable to tell:
+/// 503 (the `CurrentUser` guard).
 #[get("/mes-services?<retire>")]
 pub async fn page(
     ctx: Ctx,
+    user: CurrentUser,
     retire: Option<&str>,
     db: &State<Db>,
-) -> Result<Either<rocket_dyn_templates::Template, Redirect>, AppError> {
-    let Some(user) = ctx.user.clone() else {
-        return Ok(Either::Right(Redirect::to(
-            "/connexion?next=%2Fmes-services",
-        )));
-    };
+) -> Result<rocket_dyn_templates::Template, AppError> {
     let mut conn = db.get().await?;
     let list = services(&mut conn, &user.matrix_user_id, ctx.lang).await?;
-    Ok(Either::Left(ctx.render(
+    Ok(ctx.render(
         "oidc/services",
         json!({ "services": list, "revoked": retire }),
-    )))
+    ))
 }
 
 #[post("/mes-services/<client_id>/retirer")]
 pub async fn withdraw(
     client_id: &str,
-    user: Option<CurrentUser>,
+    user: Outcome<CurrentUser, ()>,
     db: &State<Db>,
 ) -> Result<Redirect, AppError> {
-    let Some(user) = user else {
-        return Ok(Redirect::to("/connexion?next=%2Fmes-services"));
+    let user = match user {
+        Outcome::Success(user) => user,
+        // Logged out meanwhile: back to this page after the login.
+        Outcome::Forward(_) => return Ok(Redirect::to("/connexion?next=%2Fmes-services")),
+        Outcome::Error(_) => return Err(AppError::Unavailable("session lookup".into())),
     };
     let mut conn = db.get().await?;
     let name: Option<String> = oidc_clients::table

@@ -86,11 +86,7 @@ fn token_of(mac: &[u8], issued: i64) -> String {
 
 fn sign(keys: &Keys, secret: &str, issued: i64) -> String {
     let input = format!("{secret}.{issued}");
-    let mac = keys
-        .macs(PURPOSE, input.as_bytes())
-        .next()
-        .unwrap_or_default();
-    token_of(&mac, issued)
+    token_of(&keys.mac(PURPOSE, input.as_bytes()), issued)
 }
 
 #[derive(Debug, PartialEq, Eq)]

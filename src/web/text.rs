@@ -42,8 +42,9 @@ pub fn storable_owned(s: String) -> String {
 }
 
 /// A form field's text, made storable as it is parsed (every form takes this, not `String`).
+/// Only made through [`From`], which cleans, so a `Text` never holds a refused character.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Text(pub String);
+pub struct Text(String);
 
 impl Text {
     /// The value of a field the form did not send.
@@ -65,21 +66,9 @@ impl std::ops::Deref for Text {
     }
 }
 
-impl PartialEq<str> for Text {
-    fn eq(&self, other: &str) -> bool {
-        self.0 == other
-    }
-}
-
 impl PartialEq<&str> for Text {
     fn eq(&self, other: &&str) -> bool {
         self.0 == *other
-    }
-}
-
-impl From<Text> for String {
-    fn from(t: Text) -> String {
-        t.0
     }
 }
 
@@ -98,6 +87,12 @@ impl serde::Serialize for Text {
 impl From<&str> for Text {
     fn from(s: &str) -> Text {
         Text(storable(s).into_owned())
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text(storable_owned(s))
     }
 }
 
@@ -206,8 +201,25 @@ fn json_needs_cleaning(b: &[u8]) -> bool {
                     .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| u32::from_str_radix(h, 16).ok());
                 match code {
-                    // Surrogates pair up into a character of another plane: check it whole.
-                    Some(0xD800..=0xDFFF) => return true,
+                    // A surrogate pair escapes one character of another plane: check it whole
+                    // (emoji come this way from servers that escape all non-ASCII text).
+                    Some(high @ 0xD800..=0xDBFF) => {
+                        let low = b
+                            .get(i + 6..i + 12)
+                            .filter(|l| l.starts_with(b"\\u"))
+                            .and_then(|l| std::str::from_utf8(&l[2..]).ok())
+                            .and_then(|h| u32::from_str_radix(h, 16).ok())
+                            .filter(|l| (0xDC00..=0xDFFF).contains(l));
+                        let Some(low) = low else {
+                            return true; // A lone surrogate: the slow path decides.
+                        };
+                        let c = char::from_u32(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00));
+                        if c.is_none_or(|c| !allowed(c)) {
+                            return true;
+                        }
+                        i += 6;
+                    }
+                    Some(0xDC00..=0xDFFF) => return true,
                     Some(n) if char::from_u32(n).is_some_and(|c| !allowed(c)) => return true,
                     _ => {}
                 }
@@ -262,6 +274,25 @@ mod tests {
         );
         let untouched = br#"{"body":"bonjour \\u0000 \u00e9"}"#.to_vec();
         assert_eq!(clean_json(untouched.clone()), untouched);
+    }
+
+    #[test]
+    fn escaped_emoji_take_the_fast_path_and_escaped_non_characters_do_not() {
+        assert!(!json_needs_cleaning(
+            br#"{"body":"f\u00eate \ud83c\udf89"}"#
+        ));
+        assert!(
+            json_needs_cleaning(br#"{"body":"\ud83f\udffe"}"#),
+            "U+1FFFE"
+        );
+        assert!(
+            json_needs_cleaning(br#"{"body":"\ud83c x"}"#),
+            "lone high surrogate"
+        );
+        assert!(
+            json_needs_cleaning(br#"{"body":"\udf89"}"#),
+            "lone low surrogate"
+        );
     }
 
     proptest! {

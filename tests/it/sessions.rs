@@ -144,8 +144,7 @@ async fn an_expired_session_s_device_is_logged_out_on_the_homeserver() {
     assert_eq!(crate::common::matrix::whoami(&token).await, Err(401));
 }
 
-/// Pages behind the `CurrentUser` and `Admin` guards (the handlers that take `Option<CurrentUser>`
-/// and build their own redirect, such as "Mes services connectés", still send to the login page).
+/// Pages behind the `CurrentUser` and `Admin` guards, and a form that needs the agent.
 #[rocket::async_test]
 async fn with_the_database_gone_a_logged_in_agent_gets_503_not_the_login_page() {
     let (_, user_id) = crate::common::matrix::new_user("dbdown", "Dbdown-pass-42", None).await;
@@ -163,8 +162,17 @@ async fn with_the_database_gone_a_logged_in_agent_gets_503_not_the_login_page() 
             .status(),
         rocket::http::Status::Ok
     );
+    let home = app
+        .client
+        .get("/")
+        .dispatch()
+        .await
+        .into_string()
+        .await
+        .expect("home");
+    let token = crate::common::csrf_token(&home);
     app.db.drop_now().await;
-    for path in ["/discussions/nouveau", "/admin/services"] {
+    for path in ["/discussions/nouveau", "/admin/services", "/mes-services"] {
         let res = app.client.get(path).dispatch().await;
         assert_eq!(
             res.status(),
@@ -173,4 +181,70 @@ async fn with_the_database_gone_a_logged_in_agent_gets_503_not_the_login_page() 
             res.headers().get_one("Location")
         );
     }
+    let res = app
+        .client
+        .post("/mes-services/some-service/retirer")
+        .header(rocket::http::ContentType::Form)
+        .body(format!("csrf_token={token}"))
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), rocket::http::Status::ServiceUnavailable);
+}
+
+#[rocket::async_test]
+async fn an_expired_session_whose_homeserver_is_down_is_kept_for_another_try_then_given_up() {
+    use tchap_portal::accounts::login::{token_aad, TOKEN_PURPOSE};
+    let db = TestDb::new().await;
+    let mut conn = db.conn().await;
+    let config = tchap_portal::config::Config::from_figment(
+        &crate::common::figment(&db).merge(("portal.matrix.timeout_secs", 1)),
+    )
+    .expect("settings");
+    let matrix = MatrixClient::new(&config).expect("client");
+    let keys = Keys::new(&config.secret_key);
+    let settings = &config.settings.session;
+    // Nothing listens there: the logout cannot reach the device.
+    let down = format!("http://127.0.0.1:{}", crate::common::free_port());
+    let sealed = keys
+        .encrypt(
+            TOKEN_PURPOSE,
+            b"syt_token",
+            &token_aad("@alice:localhost", "PORTAL1"),
+        )
+        .expect("seal");
+    let t0 = Utc::now();
+    session::create(
+        &mut conn,
+        &NewLogin {
+            homeserver_url: &down,
+            access_token_enc: &sealed,
+            ..login()
+        },
+        settings,
+        t0,
+    )
+    .await
+    .expect("created");
+    let ended = t0 + Duration::minutes(settings.idle_minutes + 1);
+    use tchap_portal::accounts::purge_expired;
+    assert_eq!(
+        purge_expired(&mut conn, settings, &matrix, &keys, ended)
+            .await
+            .expect("purge"),
+        0,
+        "kept: its device is still logged in"
+    );
+    assert_eq!(
+        purge_expired(
+            &mut conn,
+            settings,
+            &matrix,
+            &keys,
+            ended + Duration::days(8)
+        )
+        .await
+        .expect("purge"),
+        1,
+        "given up a week after it ended"
+    );
 }
