@@ -10,7 +10,7 @@ use tchap_portal::db::schema::sessions;
 
 use crate::common::hostile::Hostile;
 use crate::common::matrix::{new_user, whoami};
-use crate::common::{csrf_token, figment, title, TestApp, TestDb};
+use crate::common::{csrf_token, figment, form_token, title, TestApp, TestDb};
 
 const PASSWORD: &str = "Correct-horse-42";
 
@@ -408,20 +408,13 @@ async fn failures_count_for_the_account_however_it_is_spelled() {
         let peer: std::net::SocketAddr = format!("198.51.100.{n}:5000").parse().expect("addr");
         let other = &other;
         async move {
-            let page = other
-                .get("/connexion")
-                .dispatch()
-                .await
-                .into_string()
-                .await
-                .expect("page");
+            let token = form_token(other, "/connexion").await;
             let res = other
                 .post("/connexion")
                 .remote(peer)
                 .header(ContentType::Form)
                 .body(format!(
-                    "csrf_token={}&identifier={}&password={password}",
-                    csrf_token(&page),
+                    "csrf_token={token}&identifier={}&password={password}",
                     enc(&spelling)
                 ))
                 .dispatch()
@@ -442,13 +435,7 @@ async fn failures_count_for_the_account_however_it_is_spelled() {
 
 /// A failed login from the TCP peer `peer` whose proxy header claims `198.51.100.<n>`.
 async fn spoofed_attempt(client: &Client, peer: std::net::SocketAddr, n: usize) -> Status {
-    let page = client
-        .get("/connexion")
-        .dispatch()
-        .await
-        .into_string()
-        .await
-        .expect("page");
+    let token = form_token(client, "/connexion").await;
     client
         .post("/connexion")
         .remote(peer)
@@ -458,8 +445,7 @@ async fn spoofed_attempt(client: &Client, peer: std::net::SocketAddr, n: usize) 
         ))
         .header(ContentType::Form)
         .body(format!(
-            "csrf_token={}&identifier=nobody{n}&password=wrong",
-            csrf_token(&page)
+            "csrf_token={token}&identifier=nobody{n}&password=wrong"
         ))
         .dispatch()
         .await
@@ -517,15 +503,7 @@ async fn the_proxy_header_is_believed_only_from_a_configured_proxy() {
 #[rocket::async_test]
 async fn hostile_characters_in_the_login_form_never_break_it() {
     let app = TestApp::new().await;
-    let page = app
-        .client
-        .get("/connexion")
-        .dispatch()
-        .await
-        .into_string()
-        .await
-        .expect("page");
-    let token = csrf_token(&page);
+    let token = form_token(&app.client, "/connexion").await;
     for (identifier, next) in [
         ("%00", "%00"),
         ("agent%00%01", "/%09/evil.example"),

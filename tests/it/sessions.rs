@@ -162,15 +162,7 @@ async fn with_the_database_gone_a_logged_in_agent_gets_503_not_the_login_page() 
             .status(),
         rocket::http::Status::Ok
     );
-    let home = app
-        .client
-        .get("/")
-        .dispatch()
-        .await
-        .into_string()
-        .await
-        .expect("home");
-    let token = crate::common::csrf_token(&home);
+    let token = crate::common::form_token(&app.client, "/").await;
     app.db.drop_now().await;
     for path in ["/discussions/nouveau", "/admin/services", "/mes-services"] {
         let res = app.client.get(path).dispatch().await;

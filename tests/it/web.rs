@@ -731,14 +731,7 @@ fn fill(template: &str, value: &str) -> String {
 /// Logs the fuzzing agent in; answers the CSRF token its forms carry.
 async fn log_in_for_token(client: &rocket::local::asynchronous::Client, user_id: &str) -> String {
     crate::common::log_in(client, user_id, "Fuzz-pass-42").await;
-    let home = client
-        .get("/")
-        .dispatch()
-        .await
-        .into_string()
-        .await
-        .expect("home");
-    crate::common::csrf_token(&home)
+    crate::common::form_token(client, "/").await
 }
 
 /// Walks Rocket's route table as a logged-in administrator and sends every route hostile input:

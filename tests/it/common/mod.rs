@@ -268,6 +268,11 @@ pub async fn get_raw(client: &Client, path: &str) -> (rocket::http::Status, Stri
     (res.status(), res.into_string().await.unwrap_or_default())
 }
 
+/// The CSRF token of the form on `path`, as a browser reads it from the page.
+pub async fn form_token(client: &Client, path: &str) -> String {
+    csrf_token(&get_raw(client, path).await.1)
+}
+
 /// The value of the first hidden or text field named `name` in a page.
 pub fn field(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
