@@ -1075,3 +1075,117 @@ async fn two_hundred_rooms_cost_one_full_sync_then_only_what_changed() {
     );
     assert!(first.contains("du nouveau"));
 }
+
+#[rocket::async_test]
+async fn a_direct_chat_with_an_unknown_or_unreachable_id_is_refused_on_the_field_and_leaves_no_room(
+) {
+    let (_, alice) = new_user("alice", PASSWORD, Some("Alice Martin")).await;
+    let ta = token_of(&alice, PASSWORD).await;
+    // A second configured homeserver, which the test Synapse cannot reach (no federation).
+    let db = crate::common::TestDb::new().await;
+    let fig = crate::common::figment(&db).merge((
+        "portal.matrix.homeservers",
+        json!([{"server_name": "hors-ligne.example", "url": "http://127.0.0.1:9"}]),
+    ));
+    let app = TestApp::with_figment(db, fig).await;
+    log_in(&app.client, &alice, PASSWORD).await;
+    let joined_rooms = || async {
+        let mut rooms: Vec<String> = call("GET", &ta, "/joined_rooms", json!({})).await
+            ["joined_rooms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect();
+        rooms.sort();
+        rooms
+    };
+    let before = joined_rooms().await;
+    let (_, _, form) = get(&app.client, "/discussions/direct").await;
+    let tag = random_tag();
+    for (contact, message, asks_homeserver) in [
+        // A server that is not Tchap's: said at once, nobody asked.
+        (
+            format!("@quelquun-{tag}:ailleurs.example"),
+            "« ailleurs.example » n’est pas un serveur Tchap",
+            false,
+        ),
+        // No such account on the agent's own homeserver.
+        (
+            format!("@personne-{tag}:localhost"),
+            "Aucun compte Tchap ne correspond",
+            true,
+        ),
+        // A configured homeserver that cannot be reached: the invitation fails after the room was
+        // made, which is left and forgotten.
+        (
+            format!("@agent-{tag}:hors-ligne.example"),
+            "ne peut pas être invitée à une discussion directe",
+            true,
+        ),
+    ] {
+        let calls = hs(&app.client).calls();
+        let (status, _, again) = post_form(
+            &app.client,
+            "/discussions/direct",
+            format!("csrf_token={}&contact={}", csrf_token(&form), enc(&contact)),
+        )
+        .await;
+        assert_eq!(status, Status::UnprocessableEntity, "{contact}: {again}");
+        assert_eq!(
+            title(&again),
+            "Erreur : Nouvelle discussion directe — Portail Tchap"
+        );
+        assert!(again.contains(message), "{contact}: {message} in {again}");
+        assert!(
+            again.contains(&format!("value=\"{contact}\"")),
+            "{contact}: input kept"
+        );
+        assert!(
+            again.contains("aria-describedby=\"contact-erreur\""),
+            "{contact}: the message is tied to the field"
+        );
+        assert_eq!(
+            hs(&app.client).calls() > calls,
+            asks_homeserver,
+            "{contact}: the homeserver is asked only about configured servers"
+        );
+        assert_eq!(
+            joined_rooms().await,
+            before,
+            "{contact}: no room left behind"
+        );
+    }
+    let (_, _, list) = get(&app.client, "/discussions").await;
+    assert!(
+        !list.contains("Discussion directe"),
+        "no direct chat in the list: {list}"
+    );
+}
+
+#[rocket::async_test]
+async fn the_same_image_twice_on_a_page_is_remembered_once() {
+    let (_, alice) = new_user("alice", PASSWORD, Some("Alice Martin")).await;
+    let ta = token_of(&alice, PASSWORD).await;
+    let room = create_room(&ta, json!({"name": "Images", "preset": "public_chat"})).await;
+    let img = "<img src=\"mxc://localhost/MemeImage\" alt=\"schéma\">";
+    send(
+        &ta,
+        &room,
+        json!({"msgtype": "m.text", "body": "deux fois", "format": "org.matrix.custom.html",
+               "formatted_body": format!("{img} et encore {img}")}),
+    )
+    .await;
+    let app = TestApp::new().await;
+    log_in(&app.client, &alice, PASSWORD).await;
+    let (status, _, page) = get(&app.client, &room_path(&room)).await;
+    assert_eq!(status, Status::Ok, "{page}");
+    assert!(timeline(&page).contains("deux fois") || timeline(&page).contains("et encore"));
+    let mut conn = app.db.conn().await;
+    let remembered: i64 = tchap_portal::db::schema::chat_media::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(remembered, 1, "the image is remembered once");
+}
