@@ -1018,6 +1018,22 @@ async fn agents_create_join_invite_leave_and_start_direct_chats() {
     let dm_room: Value = direct[&jeanne].clone();
     assert_eq!(dm_room.as_array().map(Vec::len), Some(1), "{direct}");
     assert_eq!(room_path(dm_room[0].as_str().expect("room")), dm_path);
+    let invite = call(
+        "GET",
+        &ta,
+        &format!(
+            "/rooms/{}/state/m.room.member/{}",
+            enc(dm_room[0].as_str().expect("room")),
+            enc(&jeanne)
+        ),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (invite["membership"].as_str(), invite["is_direct"].as_bool()),
+        (Some("invite"), Some(true)),
+        "Jeanne's clients see a direct chat: {invite}"
+    );
     let (status, again, _) = start().await;
     assert_eq!(status, Status::SeeOther);
     assert_eq!(
