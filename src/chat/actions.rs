@@ -65,19 +65,8 @@ pub enum Lookup {
     Found(OwnedUserId),
     Invalid,
     Unknown,
-    /// A Matrix ID on a server that is not one of the configured homeservers: never asked.
-    OtherServer(String),
     /// The account's homeserver could not be asked just now.
     Unreachable,
-}
-
-/// Whether `server` is one of the configured homeservers (server names are kept in lowercase).
-fn configured(chat: &Chat<'_>, server: &str) -> bool {
-    let server = server.to_lowercase();
-    chat.config
-        .homeservers
-        .iter()
-        .any(|h| h.server_name == server)
 }
 
 /// The Matrix ID Tchap gives an email address on a homeserver: `prenom.nom@dom.fr` on
@@ -114,11 +103,8 @@ pub async fn lookup(
     let Some(id) = candidate else {
         return Ok(Lookup::Invalid);
     };
-    // Only accounts of the configured homeservers: the agent's own homeserver would otherwise be
-    // sent to whatever server the typed ID names.
-    if !configured(chat, id.server_name().as_str()) {
-        return Ok(Lookup::OtherServer(id.server_name().to_string()));
-    }
+    // Asked of the agent's own homeserver only (the portal never calls the server the ID names);
+    // reaching other Tchap servers is the homeservers' federation, under their own allow-list.
     let own = user
         .matrix_user_id
         .split_once(':')
@@ -156,10 +142,6 @@ fn lookup_error(l: &Lookup, ctx: &Ctx) -> Option<String> {
         Lookup::Found(_) => None,
         Lookup::Invalid => Some(ctx.lang.t("chat.contact.invalid").to_owned()),
         Lookup::Unknown => Some(ctx.lang.t("chat.contact.unknown").to_owned()),
-        Lookup::OtherServer(server) => Some(
-            ctx.lang
-                .tf("chat.contact.other_server", &[("server", server)]),
-        ),
         Lookup::Unreachable => Some(ctx.lang.t("chat.contact.unreachable").to_owned()),
     }
 }

@@ -161,10 +161,6 @@ async fn claim_announcement(
     Ok(n == 1)
 }
 
-fn internal(e: impl std::fmt::Display) -> Trouble {
-    Trouble::App(AppError::Internal(e.to_string()))
-}
-
 async fn book_for_room(
     ctx: &Ctx,
     user: &CurrentUser,
@@ -266,7 +262,7 @@ async fn book_for_room(
             Ok(Outcome::Announce(c, "audioconf"))
         })
         .await
-        .map_err(internal)?;
+        .map_err(|e| Trouble::App(e.into()))?;
     if matches!(outcome, Outcome::Announce(_, "audioconf")) {
         mailer.wake.notify_one();
     }
@@ -431,7 +427,7 @@ pub async fn close(
         }
         let ended = booking::end(&mut conn, mailer, chat.keys, Which::Id(id), Utc::now())
             .await
-            .map_err(internal)?;
+            .map_err(|e| Trouble::App(e.into()))?;
         drop(conn);
         if let Some(c) = ended {
             mailer.wake.notify_one();
