@@ -3,8 +3,12 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod haproxy;
 pub mod hostile;
+pub mod http;
 pub mod matrix;
+pub mod portal;
 pub mod smtp;
 
 use std::net::TcpListener;
