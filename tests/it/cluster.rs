@@ -70,17 +70,24 @@ impl Trace {
     }
 }
 
-/// The mail sent to `to`, parsed (waits for it).
-async fn mail_to(smtp: &SmtpServer, to: &str, within: Duration) -> Option<Value> {
+/// The raw mails sent to `to` so far.
+fn mails_to(smtp: &SmtpServer, to: &str) -> Vec<String> {
+    smtp.messages()
+        .into_iter()
+        .filter(|m| {
+            m.lines()
+                .take_while(|l| !l.is_empty())
+                .any(|l| l.starts_with("To:") && l.contains(to))
+        })
+        .collect()
+}
+
+/// The `n`th mail sent to `to` (1 for the first), parsed, once it arrived.
+async fn mail_to(smtp: &SmtpServer, to: &str, n: usize, within: Duration) -> Option<Value> {
     let deadline = Instant::now() + within;
-    let header = format!("To: {to}");
     loop {
-        if let Some(raw) = smtp
-            .messages()
-            .into_iter()
-            .find(|m| m.lines().any(|l| l.trim_end() == header))
-        {
-            return Some(parse(&raw));
+        if let Some(raw) = mails_to(smtp, to).get(n - 1) {
+            return Some(parse(raw));
         }
         if Instant::now() > deadline {
             return None;
@@ -124,7 +131,10 @@ async fn two_instances_behind_haproxy_serve_each_journey_across_them() {
     );
     assert!(login.location.is_some());
     let list = t.step("room list", agent.get("/discussions").await, 200);
-    assert!(list.text().contains("Alice Martin"), "logged in on the other instance");
+    assert!(
+        list.text().contains("Alice Martin"),
+        "logged in on the other instance"
+    );
 
     // A chat message: the room page from one instance, sent through the other.
     let token = token_of(&alice, PASSWORD).await;
@@ -247,11 +257,10 @@ async fn two_instances_behind_haproxy_serve_each_journey_across_them() {
         "userinfo",
         service
             .send(
-                service.http.get(service.url("/userinfo")).bearer_auth(
-                    tokens["access_token"]
-                        .as_str()
-                        .expect("access_token"),
-                ),
+                service
+                    .http
+                    .get(service.url("/userinfo"))
+                    .bearer_auth(tokens["access_token"].as_str().expect("access_token")),
             )
             .await,
         200,
@@ -278,7 +287,7 @@ async fn two_instances_behind_haproxy_serve_each_journey_across_them() {
         200,
     );
     assert!(sent.text().contains("Un lien de confirmation a été envoyé"));
-    let mail = mail_to(&smtp, email, Duration::from_secs(30))
+    let mail = mail_to(&smtp, email, 1, Duration::from_secs(30))
         .await
         .expect("the link mail");
     let link = link_in(&mail, "/audioconf/confirmer/");
@@ -302,7 +311,12 @@ async fn two_instances_behind_haproxy_serve_each_journey_across_them() {
         .await
         .expect("count");
     assert_eq!(booked, 1);
-    assert!(mail_to(&smtp, email, Duration::from_secs(30)).await.is_some());
+    let details = mail_to(&smtp, email, 2, Duration::from_secs(30))
+        .await
+        .expect("the details mail");
+    assert!(details["subject"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("Votre audioconférence du ")));
 
     t.assert_crossing(2);
 }
@@ -332,7 +346,11 @@ async fn two_instances_started_together_on_an_empty_database_migrate_it_once_and
         .filter(|p| p.log_text().contains("migrations applied"))
         .map(|p| p.name.as_str())
         .collect();
-    assert_eq!(migrated.len(), 1, "one instance applies the migrations: {migrated:?}");
+    assert_eq!(
+        migrated.len(),
+        1,
+        "one instance applies the migrations: {migrated:?}"
+    );
 
     let b = cluster.browser();
     let mut t = Trace::default();
@@ -366,9 +384,7 @@ impl Tally {
                 "{step}: {} from {:?} after {took:?}",
                 a.status, a.server
             )),
-            Err(e) => self
-                .failures
-                .push(format!("{step}: {e} after {took:?}")),
+            Err(e) => self.failures.push(format!("{step}: {e} after {took:?}")),
         }
     }
 }
@@ -387,10 +403,17 @@ async fn timed(
 }
 
 /// One booker: requests a link, waits for its mail, confirms it; again until `stop`.
-async fn booker(cluster_url: String, ca: Vec<u8>, id: usize, smtp: Arc<SmtpServer>, stop: Arc<AtomicBool>, tally: Arc<Mutex<Tally>>) {
+async fn booker(
+    cluster_url: String,
+    ca: Vec<u8>,
+    id: usize,
+    smtp: Arc<SmtpServer>,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+) {
     let b = Browser::new(&cluster_url, &ca);
     let mut n = 0;
-    while !stop.load(Ordering::Relaxed) {
+    while !AtomicBool::load(&stop, Ordering::Relaxed) {
         n += 1;
         let email = format!("agent{id}x{n}@grappe.gouv.fr");
         let Some(page) = timed(&tally, "GET /audioconf", 200, b.get("/audioconf")).await else {
@@ -414,12 +437,20 @@ async fn booker(cluster_url: String, ca: Vec<u8>, id: usize, smtp: Arc<SmtpServe
             continue;
         };
         if !sent.text().contains("Un lien de confirmation a été envoyé") {
-            tally.lock().expect("tally").failures.push(format!("POST /audioconf for {email}: no acknowledgement"));
+            tally
+                .lock()
+                .expect("tally")
+                .failures
+                .push(format!("POST /audioconf for {email}: no acknowledgement"));
             continue;
         }
         tally.lock().expect("tally").requested.push(email.clone());
-        let Some(mail) = mail_to(&smtp, &email, Duration::from_secs(60)).await else {
-            tally.lock().expect("tally").failures.push(format!("no link mail for {email}"));
+        let Some(mail) = mail_to(&smtp, &email, 1, Duration::from_secs(60)).await else {
+            tally
+                .lock()
+                .expect("tally")
+                .failures
+                .push(format!("no link mail for {email}"));
             continue;
         };
         let link = link_in(&mail, "/audioconf/confirmer/");
@@ -438,8 +469,12 @@ async fn booker(cluster_url: String, ca: Vec<u8>, id: usize, smtp: Arc<SmtpServe
         )
         .await
         {
+            let mut t = tally.lock().expect("tally");
             if done.text().contains("Votre audioconférence est prête") {
-                tally.lock().expect("tally").booked.push(email);
+                t.booked.push(email);
+            } else {
+                t.failures
+                    .push(format!("confirmation of {email}: no conference shown"));
             }
         }
     }
@@ -448,8 +483,13 @@ async fn booker(cluster_url: String, ca: Vec<u8>, id: usize, smtp: Arc<SmtpServe
 /// One reader: pages that read the database, one after the other, until `stop`.
 async fn reader(cluster_url: String, ca: Vec<u8>, stop: Arc<AtomicBool>, tally: Arc<Mutex<Tally>>) {
     let b = Browser::new(&cluster_url, &ca);
-    while !stop.load(Ordering::Relaxed) {
-        for path in ["/audioconf", "/connexion", "/.well-known/openid-configuration", "/jwks.json"] {
+    while !AtomicBool::load(&stop, Ordering::Relaxed) {
+        for path in [
+            "/audioconf",
+            "/connexion",
+            "/.well-known/openid-configuration",
+            "/jwks.json",
+        ] {
             timed(&tally, path, 200, b.get(path)).await;
         }
     }
@@ -492,10 +532,16 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_booking() {
             .haproxy
             .wait_status(name, "DOWN", Duration::from_secs(15))
             .await;
-        let (status, stopped) = cluster.portal(name).wait_exit(Duration::from_secs(60)).await;
+        let (status, stopped) = cluster
+            .portal(name)
+            .wait_exit(Duration::from_secs(60))
+            .await;
         assert!(status.success(), "{name} exits cleanly: {status}");
         cluster.portal(name).start();
-        cluster.portal(name).wait_ready(Duration::from_secs(60)).await;
+        cluster
+            .portal(name)
+            .wait_ready(Duration::from_secs(60))
+            .await;
         cluster
             .haproxy
             .wait_status(name, "UP", Duration::from_secs(20))
@@ -511,7 +557,7 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_booking() {
         c.await.expect("client task");
     }
 
-    let t = tally.lock().expect("tally");
+    let t = std::mem::take(&mut *tally.lock().expect("tally"));
     eprintln!(
         "rolling restart: {} requests, by instance {:?}, {} link requests, {} bookings; {steps:#?}",
         t.requests,
@@ -521,7 +567,10 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_booking() {
     );
     assert!(t.failures.is_empty(), "failed requests: {:#?}", t.failures);
     assert!(t.requests > 100, "a real load: {} requests", t.requests);
-    assert!(!t.booked.is_empty(), "bookings were made during the restart");
+    assert!(
+        !t.booked.is_empty(),
+        "bookings were made during the restart"
+    );
 
     // Everything acknowledged is in the database.
     let mut conn = db.conn().await;
@@ -533,15 +582,25 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_booking() {
         .into_iter()
         .flatten()
         .collect();
-    let missing: Vec<&String> = t.requested.iter().filter(|e| !requests.contains(*e)).collect();
-    assert!(missing.is_empty(), "acknowledged requests missing: {missing:?}");
+    let missing: Vec<&String> = t
+        .requested
+        .iter()
+        .filter(|e| !requests.contains(*e))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged requests missing: {missing:?}"
+    );
     let conferences: Vec<Option<String>> = audioconf_conferences::table
         .select(audioconf_conferences::email)
         .load(&mut conn)
         .await
         .expect("conferences");
     for email in &t.booked {
-        let n = conferences.iter().filter(|e| e.as_deref() == Some(email)).count();
+        let n = conferences
+            .iter()
+            .filter(|e| e.as_deref() == Some(email))
+            .count();
         assert_eq!(n, 1, "the booking of {email}");
     }
 }
@@ -607,6 +666,8 @@ async fn a_mail_worker_killed_in_a_burst_loses_no_mail_and_sends_at_most_one_twi
         .iter()
         .map(|name| {
             let mut env = cluster_env(&db.url, &cluster.haproxy.url(), &key, smtp.port);
+            // A lease must outlast three SMTP timeouts: short ones, for a short test.
+            set(&mut env, "PORTAL_MAIL__SMTP_TIMEOUT_SECS", "1");
             set(&mut env, "PORTAL_MAIL__LEASE_SECS", &LEASE_SECS.to_string());
             Portal::new(&cluster.dir.path, name, env)
         })
@@ -633,7 +694,7 @@ async fn a_mail_worker_killed_in_a_burst_loses_no_mail_and_sends_at_most_one_twi
     // A little longer: a duplicate still on its way would be counted too.
     sleep(Duration::from_secs(LEASE_SECS + 1)).await;
     let mails = smtp.messages();
-    let ids = if mails.len() > ids.values().sum() {
+    let ids = if mails.len() > ids.values().sum::<usize>() {
         message_ids(&mails)
     } else {
         ids
@@ -643,7 +704,12 @@ async fn a_mail_worker_killed_in_a_burst_loses_no_mail_and_sends_at_most_one_twi
         "burst: {MAILS} queued, {at_kill} received when worker1 was killed, {} distinct received, sent twice: {twice:?}",
         ids.len()
     );
-    assert_eq!(ids.len(), MAILS, "every mail arrived\n{}", tail(&workers[1].log, 20));
+    assert_eq!(
+        ids.len(),
+        MAILS,
+        "every mail arrived\n{}",
+        tail(&workers[1].log, 20)
+    );
     assert!(
         twice.len() <= 1 && twice.iter().all(|(_, n)| **n == 2),
         "at most one mail twice: {twice:?}"
@@ -687,7 +753,10 @@ async fn the_shipped_haproxy_configuration_is_valid_overwrites_x_real_ip_and_cut
     let cluster = Cluster::start("proxy", &db.url, &smtp, 1, |_| {}).await;
     let b = cluster.browser();
     let direct = reqwest::Client::new();
-    for (i, spoof) in ["", "203.0.113.9", "198.51.100.7, 203.0.113.9"].iter().enumerate() {
+    for (i, spoof) in ["", "203.0.113.9", "198.51.100.7, 203.0.113.9"]
+        .iter()
+        .enumerate()
+    {
         let page = b.get("/audioconf").await.expect("page");
         let mut req = b
             .http
@@ -698,7 +767,9 @@ async fn the_shipped_haproxy_configuration_is_valid_overwrites_x_real_ip_and_cut
                 csrf_token(&page.body)
             ));
         if !spoof.is_empty() {
-            req = req.header("X-Real-IP", *spoof).header("X-Real-IP", "192.0.2.1");
+            req = req
+                .header("X-Real-IP", *spoof)
+                .header("X-Real-IP", "192.0.2.1");
         }
         let res = b.send(req).await.expect("booking request");
         assert_eq!(res.status, 200, "{}", res.text());
@@ -743,9 +814,21 @@ async fn the_shipped_haproxy_configuration_is_valid_overwrites_x_real_ip_and_cut
             .unwrap_or_else(|| panic!("the request of {email}"))
     };
     let through_haproxy = ip_of("ip0@grappe.gouv.fr");
-    assert_eq!(ip_of("ip1@grappe.gouv.fr"), through_haproxy, "X-Real-IP overwritten");
-    assert_eq!(ip_of("ip2@grappe.gouv.fr"), through_haproxy, "every X-Real-IP overwritten");
-    assert_ne!(ip_of("ip9@grappe.gouv.fr"), through_haproxy, "control: a believed header counts");
+    assert_eq!(
+        ip_of("ip1@grappe.gouv.fr"),
+        through_haproxy,
+        "X-Real-IP overwritten"
+    );
+    assert_eq!(
+        ip_of("ip2@grappe.gouv.fr"),
+        through_haproxy,
+        "every X-Real-IP overwritten"
+    );
+    assert_ne!(
+        ip_of("ip9@grappe.gouv.fr"),
+        through_haproxy,
+        "control: a believed header counts"
+    );
 
     // Headers that never end: HAProxy answers 408 after `timeout http-request`, the portal never
     // sees the connection.
@@ -765,7 +848,10 @@ async fn the_shipped_haproxy_configuration_is_valid_overwrites_x_real_ip_and_cut
     let mut answer = String::new();
     let _ = slow.read_to_string(&mut answer);
     let took = started.elapsed();
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?} after {took:?}");
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "{answer:?} after {took:?}"
+    );
     assert!(
         took >= Duration::from_secs(limit - 1) && took < Duration::from_secs(limit + 3),
         "cut after {took:?}, timeout {limit} s"
@@ -776,7 +862,10 @@ async fn the_shipped_haproxy_configuration_is_valid_overwrites_x_real_ip_and_cut
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client")
-        .get(format!("http://127.0.0.1:{}/audioconf", cluster.haproxy.site.http_port))
+        .get(format!(
+            "http://127.0.0.1:{}/audioconf",
+            cluster.haproxy.site.http_port
+        ))
         .send()
         .await
         .expect("http");

@@ -42,7 +42,8 @@ impl Cluster {
         for p in &mut portals {
             p.wait_ready(Duration::from_secs(60)).await;
         }
-        let servers: Vec<(String, u16)> = portals.iter().map(|p| (p.name.clone(), p.port)).collect();
+        let servers: Vec<(String, u16)> =
+            portals.iter().map(|p| (p.name.clone(), p.port)).collect();
         let haproxy = HaProxy::start(&dir.path, https_port, &servers);
         for p in &portals {
             haproxy

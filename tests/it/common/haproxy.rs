@@ -1,7 +1,7 @@
 //! HAProxy (IT_HAPROXY, Debian's package, installed by scripts/test) in front of portal
 //! instances, run from the operators' own `deploy/haproxy.cfg`: [`test_config`] replaces only what
 //! belongs to a machine (the listening addresses, the certificate, the servers, the log target, the
-//! daemon and chroot settings of `global`) and panics when a rule it expects is gone, so the shipped
+//! daemon, chroot and connection limit of `global`) and panics when a rule it expects is gone, so the shipped
 //! rules (X-Real-IP, timeouts, health checks, retries, no stickiness) are the ones under test.
 
 use std::collections::HashMap;
@@ -58,7 +58,14 @@ pub fn test_config(shipped: &str, site: &Site, servers: &[(String, u16)]) -> Str
                 out.push("    log stdout format raw local0".into());
                 bump(&mut applied, "log");
             }
-            ("global", ["chroot" | "user" | "group" | "daemon", ..]) => bump(&mut applied, "process"),
+            ("global", ["chroot" | "user" | "group" | "daemon", ..]) => {
+                bump(&mut applied, "process")
+            }
+            // Twice as many file descriptors as connections: more than a test machine may grant.
+            ("global", ["maxconn", _]) => {
+                out.push("    maxconn 2000".into());
+                bump(&mut applied, "maxconn");
+            }
             ("global", ["stats", "socket", _, rest @ ..]) => {
                 out.push(format!(
                     "    stats socket {} {}",
@@ -81,7 +88,7 @@ pub fn test_config(shipped: &str, site: &Site, servers: &[(String, u16)]) -> Str
                 bump(&mut applied, "bind https");
             }
             ("backend portal", ["server", ..]) => {
-                if applied.get("servers").is_none() {
+                if !applied.contains_key("servers") {
                     for (name, port) in servers {
                         out.push(format!("    server {name} 127.0.0.1:{port}"));
                     }
@@ -94,6 +101,7 @@ pub fn test_config(shipped: &str, site: &Site, servers: &[(String, u16)]) -> Str
     for rule in [
         "log",
         "process",
+        "maxconn",
         "socket",
         "bind http",
         "bind https",
@@ -117,8 +125,15 @@ fn bump(applied: &mut HashMap<&'static str, usize>, rule: &'static str) {
 pub fn self_signed(dir: &Path) -> (PathBuf, Vec<u8>) {
     let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")

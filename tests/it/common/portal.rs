@@ -221,9 +221,15 @@ pub fn cluster_env(
         ("PORTAL_MAIL__SMTP_TIMEOUT_SECS", "5".to_owned()),
         ("PORTAL_MAIL__POLL_SECS", "1".to_owned()),
         ("PORTAL_MAIL__RETRY_BASE_SECS", "1".to_owned()),
-        ("PORTAL_AUDIOCONF__NUMBERS", r#"["+33189000000"]"#.to_owned()),
+        (
+            "PORTAL_AUDIOCONF__NUMBERS",
+            r#"["+33189000000"]"#.to_owned(),
+        ),
         // Every test client comes from 127.0.0.1: the per-address limit would stop a load.
-        ("PORTAL_AUDIOCONF__MAX_REQUESTS_PER_IP", "1000000".to_owned()),
+        (
+            "PORTAL_AUDIOCONF__MAX_REQUESTS_PER_IP",
+            "1000000".to_owned(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
