@@ -58,6 +58,7 @@ impl Trace {
     /// Every step was answered by another instance than the step before it.
     fn assert_crossing(&self, instances: usize) {
         let shown: Vec<String> = self.0.iter().map(|(s, i)| format!("{s} → {i}")).collect();
+        eprintln!("instances answering, step by step: {shown:?}");
         for pair in self.0.windows(2) {
             assert_ne!(
                 pair[0].1, pair[1].1,
@@ -364,6 +365,8 @@ async fn two_instances_started_together_on_an_empty_database_migrate_it_once_and
 /// What the load saw: requests made, and every failure (step, status or error, instance).
 #[derive(Default)]
 struct Tally {
+    /// When the load started (failures say when they happened).
+    started: Option<Instant>,
     requests: usize,
     failures: Vec<String>,
     servers: BTreeMap<String, usize>,
@@ -376,15 +379,18 @@ struct Tally {
 impl Tally {
     fn record(&mut self, step: &str, res: &Result<Answer, String>, expected: u16, took: Duration) {
         self.requests += 1;
+        let at = self.started.map(|s| s.elapsed()).unwrap_or_default();
         match res {
             Ok(a) if a.status == expected => {
                 *self.servers.entry(a.server.clone()).or_default() += 1;
             }
             Ok(a) => self.failures.push(format!(
-                "{step}: {} from {:?} after {took:?}",
+                "{step}: {} from {:?} after {took:?}, at {at:?}",
                 a.status, a.server
             )),
-            Err(e) => self.failures.push(format!("{step}: {e} after {took:?}")),
+            Err(e) => self
+                .failures
+                .push(format!("{step}: {e} after {took:?}, at {at:?}")),
         }
     }
 }
@@ -501,7 +507,11 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_booking() {
     let db = TestDb::new().await;
     let mut cluster = Cluster::start("rolling", &db.url, &smtp, 2, |_| {}).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Mutex::new(Tally::default()));
+    let tally = Arc::new(Mutex::new(Tally {
+        started: Some(Instant::now()),
+        ..Tally::default()
+    }));
+    let load_started = Instant::now();
     let url = cluster.haproxy.url();
     let ca = cluster.haproxy.ca.clone();
     let mut clients = Vec::new();
@@ -547,7 +557,8 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_booking() {
             .wait_status(name, "UP", Duration::from_secs(20))
             .await;
         steps.push(format!(
-            "{name}: out of HAProxy {out:?} after SIGTERM, exited after {stopped:?}, back after {:?}",
+            "{name}: SIGTERM at {:?}, out of HAProxy {out:?} after, exited {stopped:?} later, back in HAProxy after {:?}",
+            started - load_started,
             started.elapsed()
         ));
         sleep(Duration::from_secs(2)).await;

@@ -38,6 +38,9 @@ pub fn client(ca: &[u8]) -> reqwest::Client {
         .add_root_certificate(reqwest::Certificate::from_pem(ca).expect("certificate"))
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(60))
+        // Like a browser, close an idle connection before HAProxy does (`timeout http-keep-alive`
+        // 10 s), rather than race it with a new request.
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .expect("HTTP client")
 }
