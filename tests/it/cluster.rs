@@ -920,3 +920,84 @@ async fn the_shipped_haproxy_configuration_is_valid_overwrites_x_real_ip_and_cut
         .expect("http");
     assert_eq!(res.status(), 301);
 }
+
+/// The settings of `deploy/tchap-portal.env.example` as systemd reads them (`KEY=VALUE`, single
+/// quotes around a value removed, comments skipped).
+fn shipped_env() -> Vec<(String, String)> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/tchap-portal.env.example");
+    std::fs::read_to_string(path)
+        .expect("deploy/tchap-portal.env.example")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("KEY=VALUE");
+            let v = v
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .unwrap_or(v);
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+#[rocket::async_test]
+async fn the_shipped_environment_file_and_unit_start_an_instance_in_release() {
+    // The unit runs the release profile with the environment file: every variable of the example
+    // must be a setting the portal knows, and together they must pass release's checks. Only the
+    // machine's addresses, the database and the secret (empty in the example) are ours.
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/tchap-portal.service"),
+    )
+    .expect("deploy/tchap-portal.service");
+    for line in [
+        "Environment=ROCKET_PROFILE=release",
+        "EnvironmentFile=/etc/tchap-portal/portal.env",
+        "KillSignal=SIGTERM",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "User=tchap-portal",
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "tchap-portal.service: {line}"
+        );
+    }
+    let db = TestDb::new().await;
+    let mut env = shipped_env();
+    let names: Vec<String> = env.iter().map(|(k, _)| k.clone()).collect();
+    for needed in [
+        "PORTAL_SECRET_KEY",
+        "DATABASE_URL",
+        "PORTAL_PUBLIC_URL",
+        "PORTAL_PROXY__TRUSTED",
+    ] {
+        assert!(
+            names.iter().any(|n| n == needed),
+            "the example sets {needed}"
+        );
+    }
+    set(&mut env, "ROCKET_PROFILE", "release");
+    set(&mut env, "DATABASE_URL", &db.url);
+    set(&mut env, "PORTAL_SECRET_KEY", &secret_key());
+    set(&mut env, "PORTAL_MAIL__SMTP_HOST", "127.0.0.1");
+    env.retain(|(k, _)| k != "ROCKET_ADDRESS" && k != "ROCKET_PORT");
+    let dir = crate::common::portal::Workdir::new("release");
+    let mut portal = Portal::new(&dir.path, "release", env);
+    portal.start();
+    portal.wait_ready(Duration::from_secs(60)).await;
+    // Release answers with HSTS.
+    let res = reqwest::Client::new()
+        .get(format!("{}/connexion", portal.url()))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().contains_key("strict-transport-security"));
+    portal.terminate();
+    let (status, took) = portal.wait_exit(Duration::from_secs(60)).await;
+    assert!(status.success(), "a clean exit on SIGTERM: {status}");
+    eprintln!("release instance: stopped {took:?} after SIGTERM");
+}
