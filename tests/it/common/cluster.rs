@@ -13,6 +13,8 @@ pub struct Cluster {
     pub haproxy: HaProxy,
     pub portals: Vec<Portal>,
     pub dir: Workdir,
+    /// The PORTAL_SECRET_KEY every instance shares.
+    pub secret_key: String,
 }
 
 impl Cluster {
@@ -54,6 +56,7 @@ impl Cluster {
             haproxy,
             portals,
             dir,
+            secret_key: key,
         }
     }
 

@@ -209,6 +209,9 @@ pub fn cluster_env(
     [
         ("DATABASE_URL", database_url.to_owned()),
         ("PORTAL_PUBLIC_URL", public_url.to_owned()),
+        // Release's drain (debug builds stop at once): HAProxy's checks (2 × 1 s) take a stopping
+        // instance out before it stops listening.
+        ("PORTAL_DRAIN_SECS", "5".to_owned()),
         ("PORTAL_SECRET_KEY", secret_key.to_owned()),
         ("PORTAL_PROXY__TRUSTED", r#"["127.0.0.1"]"#.to_owned()),
         ("PORTAL_MATRIX__HOMESERVER", super::matrix::homeserver()),
