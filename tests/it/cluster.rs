@@ -547,7 +547,21 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_booking() {
             .portal(name)
             .wait_exit(Duration::from_secs(60))
             .await;
+        // Drain, then out at once: HAProxy keeps no idle connection to the instance that would
+        // hold it for Rocket's whole grace (15 s; `option http-server-close`).
+        let since_sigterm = started.elapsed();
+        assert!(
+            since_sigterm < Duration::from_secs(10),
+            "{name} exited {since_sigterm:?} after SIGTERM"
+        );
         assert!(status.success(), "{name} exits cleanly: {status}");
+        let log = cluster.portal(name).log_text();
+        let stopping: Vec<&str> = log
+            .lines()
+            .skip_while(|l| !l.contains("stopping"))
+            .filter(|l| !l.contains("\"target\":\"request\""))
+            .collect();
+        eprintln!("{name} stopping: {stopping:#?}");
         // PORTAL_DRAIN_SECS, not the debug profile's 0 from Rocket.toml.
         assert!(
             cluster.portal(name).log_text().contains("\"drain_secs\":5"),
@@ -779,6 +793,7 @@ async fn the_shipped_haproxy_configuration_is_valid_overwrites_x_real_ip_and_cut
         "timeout client",
         "timeout server",
         "option http-buffer-request",
+        "option http-server-close",
     ] {
         assert!(shipped.contains(rule), "deploy/haproxy.cfg: {rule}");
     }
@@ -1007,8 +1022,14 @@ async fn the_shipped_environment_file_and_unit_start_an_instance_in_release() {
         .expect("page");
     assert_eq!(res.status(), 200);
     assert!(res.headers().contains_key("strict-transport-security"));
+    res.text().await.expect("the page, read to its end");
+    // Nothing in flight: the drain (5 s in release), then the exit.
     portal.terminate();
     let (status, took) = portal.wait_exit(Duration::from_secs(60)).await;
-    assert!(status.success(), "a clean exit on SIGTERM: {status}");
     eprintln!("release instance: stopped {took:?} after SIGTERM");
+    assert!(status.success(), "a clean exit on SIGTERM: {status}");
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(8),
+        "drained 5 s, then stopped: {took:?}"
+    );
 }
