@@ -336,17 +336,22 @@ fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
 /// Rocket's figment plus the portal's own sources.
 pub fn figment() -> Figment {
     // Defaults first, then Rocket's own sources (Rocket.toml, ROCKET_*), then the portal's variables.
+    // The variables are global, like Rocket's ROCKET_*: in the default profile they would lose to
+    // the selected profile's table of Rocket.toml (`[debug.portal] drain_secs`, `[release.portal.mail]
+    // smtp_security` would override what the operator set).
     Figment::from(Serialized::defaults(Settings::default()).key("portal"))
         .merge(rocket::Config::figment())
         .merge(
             Env::prefixed("PORTAL_")
                 .split("__")
-                .map(|k| format!("portal.{k}").into()),
+                .map(|k| format!("portal.{k}").into())
+                .global(),
         )
         .merge(
             Env::raw()
                 .only(&["DATABASE_URL"])
-                .map(|_| "portal.database_url".into()),
+                .map(|_| "portal.database_url".into())
+                .global(),
         )
 }
 

@@ -44,7 +44,7 @@ apt_install() {
     || { tail -20 "$STATE/log/apt.log" >&2; die "apt-get install $* failed"; }
 }
 
-# What every profile needs; chromium only where browser tests run.
+# What every profile needs; chromium only where browser tests run, haproxy where cluster tests do.
 ensure_packages() {
   local missing=()
   pg_bin_dir >/dev/null 2>&1 || missing+=(postgresql)
@@ -53,12 +53,21 @@ ensure_packages() {
   command -v npm >/dev/null || missing+=(nodejs npm)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
   [ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+  # HAProxy in front of several instances, for the cluster tests (deploy/haproxy.cfg).
+  if [ "${NEED_HAPROXY:-}" = 1 ]; then
+    haproxy_bin >/dev/null || missing+=(haproxy)
+  fi
   if [ "${NEED_BROWSER:-}" = 1 ]; then
     command -v chromium >/dev/null || missing+=(chromium)
     fc-list 2>/dev/null | grep -qi dejavu || missing+=(fonts-dejavu-core)
   fi
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
   PG_BIN=$(pg_bin_dir)
+}
+
+# Debian puts haproxy in /usr/sbin, which a non-root PATH may lack.
+haproxy_bin() {
+  command -v haproxy 2>/dev/null || { [ -x /usr/sbin/haproxy ] && echo /usr/sbin/haproxy; }
 }
 
 pg_bin_dir() {

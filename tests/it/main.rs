@@ -6,6 +6,7 @@ mod audioconf;
 mod browser;
 mod chat;
 mod chat_room;
+mod cluster;
 mod common;
 mod db;
 mod keys;

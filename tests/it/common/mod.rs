@@ -3,8 +3,12 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod haproxy;
 pub mod hostile;
+pub mod http;
 pub mod matrix;
+pub mod portal;
 pub mod smtp;
 
 use std::net::TcpListener;
@@ -113,10 +117,13 @@ impl Drop for TestDb {
     }
 }
 
-/// The portal's settings for a test: its database, no mail worker unless asked.
+/// The portal's settings for a test: its database, the test Synapse, no mail worker unless asked.
+/// (scripts/test leaves no PORTAL_* variable to the tests: those are global and would beat what a
+/// test merges here.)
 pub fn figment(db: &TestDb) -> Figment {
     tchap_portal::config::figment()
         .merge(("portal.database_url", db.url.clone()))
+        .merge(("portal.matrix.homeserver", matrix::homeserver()))
         .merge(("portal.db.pool_size", 4))
         .merge(("portal.db.run_migrations", false))
         .merge(("portal.mail.worker", false))
