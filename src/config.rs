@@ -336,9 +336,8 @@ fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
 /// Rocket's figment plus the portal's own sources.
 pub fn figment() -> Figment {
     // Defaults first, then Rocket's own sources (Rocket.toml, ROCKET_*), then the portal's variables.
-    // The variables are global, like Rocket's ROCKET_*: in the default profile they would lose to
-    // the selected profile's table of Rocket.toml (`[debug.portal] drain_secs`, `[release.portal.mail]
-    // smtp_security` would override what the operator set).
+    // The variables are global, as ROCKET_* are: otherwise a value Rocket.toml sets for the running
+    // profile (`[release.portal.mail]`) would win over the environment.
     Figment::from(Serialized::defaults(Settings::default()).key("portal"))
         .merge(rocket::Config::figment())
         .merge(

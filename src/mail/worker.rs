@@ -146,28 +146,30 @@ async fn release(db: &Db, owner: &str, ids: &[i64]) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Sends one claimed mail and records the outcome in its own commit.
-async fn deliver(
+/// What happened to one mail, to be recorded.
+enum Outcome {
+    Sent,
+    Retry(String),
+    Failed(String),
+}
+
+/// Records `outcome` for `mail` in its own commit, if this worker still holds it; returns
+/// whether it did.
+async fn record(
     db: &Db,
-    transport: &Transport,
     settings: &MailSettings,
     owner: &str,
     mail: &Claimed,
+    outcome: &Outcome,
     now: DateTime<Utc>,
-) -> Result<Batch, DbError> {
-    let result = match envelope(&mail.sender, &mail.recipients) {
-        Ok(env) => transport.send_raw(&env, &mail.raw).await,
-        Err(e) => Err(format!("bad envelope: {e}")),
-    };
+) -> Result<bool, DbError> {
     let attempts = mail.attempts + 1;
     let mine = outbox::table
         .filter(outbox::id.eq(mail.id))
         .filter(outbox::lease_owner.eq(owner));
     let mut conn = db.get().await?;
-    let mut batch = Batch::default();
-    let updated = match &result {
-        Ok(()) => {
-            batch.sent = 1;
+    let updated = match outcome {
+        Outcome::Sent => {
             diesel::update(mine)
                 .set((
                     outbox::status.eq("sent"),
@@ -180,16 +182,15 @@ async fn deliver(
                 .execute(&mut conn)
                 .await?
         }
-        Err(error) => {
-            let give_up = now - mail.created_at >= chrono::Duration::hours(settings.max_age_hours);
-            if give_up {
-                batch.failed = 1;
+        Outcome::Retry(error) | Outcome::Failed(error) => {
+            let status = if matches!(outcome, Outcome::Failed(_)) {
+                "failed"
             } else {
-                batch.retried = 1;
-            }
+                "pending"
+            };
             diesel::update(mine)
                 .set((
-                    outbox::status.eq(if give_up { "failed" } else { "pending" }),
+                    outbox::status.eq(status),
                     outbox::attempts.eq(attempts),
                     outbox::next_attempt_at
                         .eq(now + backoff(settings.retry_base_secs, mail.attempts)),
@@ -201,16 +202,68 @@ async fn deliver(
                 .await?
         }
     };
-    match (&result, batch.failed) {
-        (Ok(()), _) => tracing::info!(outbox_id = mail.id, attempts, "mail sent"),
-        (Err(error), 1) => {
-            tracing::error!(outbox_id = mail.id, attempts, %error, "mail failed for good")
+    Ok(updated > 0)
+}
+
+/// Sends one claimed mail and records the outcome in its own commit. A mail the SMTP server
+/// accepted is recorded however long the database takes to come back, up to `record_by` (before
+/// the lease runs out): a database restart does not make it go out twice.
+async fn deliver(
+    db: &Db,
+    transport: &Transport,
+    settings: &MailSettings,
+    owner: &str,
+    mail: &Claimed,
+    now: DateTime<Utc>,
+    record_by: std::time::Instant,
+) -> Result<Batch, DbError> {
+    let result = match envelope(&mail.sender, &mail.recipients) {
+        Ok(env) => transport.send_raw(&env, &mail.raw).await,
+        Err(e) => Err(format!("bad envelope: {e}")),
+    };
+    let attempts = mail.attempts + 1;
+    let mut batch = Batch::default();
+    let outcome = match result {
+        Ok(()) => {
+            batch.sent = 1;
+            tracing::info!(outbox_id = mail.id, attempts, "mail sent");
+            Outcome::Sent
         }
-        (Err(error), _) => {
-            tracing::warn!(outbox_id = mail.id, attempts, %error, "mail not sent, will retry")
+        Err(error)
+            if now - mail.created_at >= chrono::Duration::hours(settings.max_age_hours) =>
+        {
+            batch.failed = 1;
+            tracing::error!(outbox_id = mail.id, attempts, %error, "mail failed for good");
+            Outcome::Failed(error)
         }
-    }
-    if updated == 0 {
+        Err(error) => {
+            batch.retried = 1;
+            tracing::warn!(outbox_id = mail.id, attempts, %error, "mail not sent, will retry");
+            Outcome::Retry(error)
+        }
+    };
+    let mut pause = Duration::from_millis(100);
+    let recorded = loop {
+        match record(db, settings, owner, mail, &outcome, now).await {
+            Ok(recorded) => break recorded,
+            Err(e) if std::time::Instant::now() + pause < record_by => {
+                tracing::warn!(outbox_id = mail.id, error = %e, "mail outcome not recorded yet, trying again");
+                rocket::tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                if matches!(outcome, Outcome::Sent) {
+                    tracing::error!(
+                        outbox_id = mail.id,
+                        error = %e,
+                        "mail sent but not recorded before its lease ran out: it may go out again"
+                    );
+                }
+                return Err(e);
+            }
+        }
+    };
+    if !recorded {
         // Held longer than its lease and taken over meanwhile: cannot happen while the lane
         // checks the time left before each mail, unless the host was suspended.
         tracing::warn!(
@@ -242,16 +295,33 @@ async fn lane(
         if mails.is_empty() {
             break;
         }
+        // The outcome of a mail must be recorded a little before the lease runs out.
+        let record_by = claimed_at + lease.saturating_sub(Duration::from_secs(2));
         let mut unsent = Vec::new();
+        let mut failure = None;
         for mail in &mails {
-            if !unsent.is_empty() || stopped(&stop) || claimed_at.elapsed() + slow_send >= lease {
+            if failure.is_some()
+                || !unsent.is_empty()
+                || stopped(&stop)
+                || claimed_at.elapsed() + slow_send >= lease
+            {
                 unsent.push(mail.id);
                 continue;
             }
             let at = now.unwrap_or_else(Utc::now);
-            batch.add(deliver(&db, &transport, &settings, owner, mail, at).await?);
+            match deliver(&db, &transport, &settings, owner, mail, at, record_by).await {
+                Ok(b) => batch.add(b),
+                Err(e) => failure = Some(e),
+            }
         }
-        release(&db, owner, &unsent).await?;
+        // Given back at once, so they need not wait for their leases (best effort: with the
+        // database away, the leases run out instead).
+        if let Err(e) = release(&db, owner, &unsent).await {
+            tracing::warn!(error = %e, mails = unsent.len(), "claimed mails not given back: their leases will run out");
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
     }
     Ok(batch)
 }
