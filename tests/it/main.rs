@@ -8,6 +8,7 @@ mod chat;
 mod chat_room;
 mod common;
 mod db;
+mod faults;
 mod keys;
 mod login;
 mod mail;

@@ -5,6 +5,7 @@
 
 pub mod hostile;
 pub mod matrix;
+pub mod pg;
 pub mod smtp;
 
 use std::net::TcpListener;
