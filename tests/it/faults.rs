@@ -169,7 +169,8 @@ impl Portal {
                     ),
                 )
                 .await;
-                let told = page.contains(&format!("Un lien de confirmation a été envoyé à {email}"));
+                let told =
+                    page.contains(&format!("Un lien de confirmation a été envoyé à {email}"));
                 (status, status == Status::Ok && told)
             }
         }

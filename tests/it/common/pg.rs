@@ -123,7 +123,8 @@ impl PgCluster {
         let dir = new_folder();
         let mut backup = as_pg("pg_basebackup");
         backup
-            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", USER])
+            .args(["-h", "127.0.0.1", "-U", USER, "-p"])
+            .arg(primary.port.to_string())
             .arg("-D")
             .arg(dir.join("data"))
             .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
@@ -267,8 +268,8 @@ impl PgCluster {
     /// Runs SQL through psql (as the `portal` superuser); returns its unaligned output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(bin("psql"))
-            .args(["-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-d", &self.url(db)])
-            .args(["-c", sql])
+            .args(["-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1"])
+            .args(["-d", &self.url(db), "-c", sql])
             .stdin(Stdio::null())
             .output()
             .expect("psql");
