@@ -36,7 +36,14 @@ Settings come from Rocket.toml, PORTAL_* and ROCKET_* variables and DATABASE_URL
 
 async fn connect(figment: &Figment) -> Result<(Config, crate::db::Conn), String> {
     let config = Config::from_figment(figment).map_err(|e| e.to_string())?;
-    let db = Db::new(&config.database_url, 1, Duration::from_secs(5))?;
+    let db = Db::new(
+        &config.database_url,
+        1,
+        Duration::from_secs(5),
+        crate::db::connect::Limits::new(Duration::from_secs(
+            config.settings.db.statement_timeout_secs,
+        )),
+    )?;
     let conn = db.get().await.map_err(|e| e.to_string())?;
     Ok((config, conn))
 }

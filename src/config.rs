@@ -24,6 +24,9 @@ pub struct Settings {
     pub previous_secret_keys: Vec<String>,
     /// Matrix IDs of the portal's administrators (the admin pages: services, AudioConf domains).
     pub admins: Vec<String>,
+    /// On SIGTERM, how long `/readyz` answers 503 while requests are still served, so the
+    /// balancer stops sending before the portal stops listening (then Rocket's `shutdown.grace`).
+    pub drain_secs: u64,
     pub db: DbSettings,
     pub mail: MailSettings,
     pub session: SessionSettings,
@@ -105,7 +108,11 @@ pub struct OidcSettings {
 #[serde(deny_unknown_fields)]
 pub struct DbSettings {
     pub pool_size: usize,
+    /// How long a request waits for a pooled connection (503 after).
     pub timeout_secs: u64,
+    /// PostgreSQL cancels a statement running longer (lock waits included); a server that sends
+    /// nothing for one second more while an answer is due is given up (503).
+    pub statement_timeout_secs: u64,
     pub run_migrations: bool,
 }
 
@@ -135,6 +142,11 @@ pub struct MailSettings {
     pub smtp_user: Option<String>,
     pub smtp_password: Option<String>,
     pub smtp_timeout_secs: u64,
+    /// Mails sent at once, each lane on its own kept-open SMTP connection.
+    pub smtp_connections: u32,
+    /// How long a worker holds a mail it is sending; a worker that died loses its mails to
+    /// another after this long. At least three SMTP timeouts.
+    pub lease_secs: u64,
     pub file_dir: String,
     /// How often the worker looks for due mail (it is also woken when mail is queued).
     pub poll_secs: u64,
@@ -214,9 +226,11 @@ impl Default for Settings {
             secret_key: None,
             previous_secret_keys: vec![],
             admins: vec![],
+            drain_secs: 5,
             db: DbSettings {
                 pool_size: 16,
                 timeout_secs: 5,
+                statement_timeout_secs: 5,
                 run_migrations: true,
             },
             mail: MailSettings {
@@ -228,6 +242,8 @@ impl Default for Settings {
                 smtp_user: None,
                 smtp_password: None,
                 smtp_timeout_secs: 10,
+                smtp_connections: 1,
+                lease_secs: 60,
                 file_dir: ".run/mail-files".into(),
                 poll_secs: 5,
                 max_age_hours: 48,
@@ -453,6 +469,18 @@ impl Config {
         }
         if settings.session.idle_minutes <= 0 || settings.session.absolute_hours <= 0 {
             return Err(bad("session", "lifetimes must be positive"));
+        }
+        if settings.mail.lease_secs < 3 * settings.mail.smtp_timeout_secs.max(1) {
+            return Err(bad(
+                "mail.lease_secs",
+                "must be at least three times mail.smtp_timeout_secs",
+            ));
+        }
+        if settings.mail.smtp_connections == 0 || settings.mail.smtp_connections > 64 {
+            return Err(bad("mail.smtp_connections", "must be between 1 and 64"));
+        }
+        if settings.db.statement_timeout_secs == 0 {
+            return Err(bad("db.statement_timeout_secs", "must be at least 1"));
         }
         if settings.matrix.timeout_secs == 0 {
             return Err(bad("matrix.timeout_secs", "must be at least 1"));

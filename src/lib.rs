@@ -33,6 +33,9 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, ConfigError> {
         &config.database_url,
         config.settings.db.pool_size,
         Duration::from_secs(config.settings.db.timeout_secs),
+        db::connect::Limits::new(Duration::from_secs(
+            config.settings.db.statement_timeout_secs,
+        )),
     )
     .map_err(|e| ConfigError {
         setting: "database_url",

@@ -30,7 +30,13 @@ async fn run() -> ExitCode {
     if args.is_empty() || args == ["serve"] {
         return match tchap_portal::build(figment) {
             Ok(rocket) => match rocket.launch().await {
-                Ok(_) => ExitCode::SUCCESS,
+                Ok(stopped) => {
+                    // The mails in hand are finished (marked sent) before the process exits.
+                    if let Some(worker) = stopped.state::<tchap_portal::mail::worker::Handle>() {
+                        worker.finish(std::time::Duration::from_secs(30)).await;
+                    }
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE

@@ -255,8 +255,11 @@ pub async fn book(
 
 pub(super) fn book_failure(e: BookError) -> AppError {
     match e {
-        BookError::Db(e) => AppError::Query(e),
-        e => AppError::Internal(e.to_string()),
+        BookError::Db(e) | BookError::Mail(crate::mail::MailError::Db(e)) => AppError::Query(e),
+        BookError::Crypto(e) => e.into(),
+        // No line to give: the operators must add numbers (logged as a 503).
+        e @ (BookError::Exhausted | BookError::NoNumbers) => AppError::Unavailable(e.to_string()),
+        e @ BookError::Mail(_) => AppError::Internal(e.to_string()),
     }
 }
 

@@ -286,7 +286,7 @@ pub async fn media(
         .first(&mut conn)
         .await
         .optional()
-        .map_err(|_| Status::InternalServerError)?;
+        .map_err(|e| crate::web::errors::AppError::Query(e).status())?;
     drop(conn);
     if allowed.is_none() {
         return Err(Status::NotFound);

@@ -1,5 +1,6 @@
 //! The connection pool (in Rocket's managed state), embedded migrations and the generated schema.
 
+pub mod connect;
 pub mod schema;
 
 use std::marker::PhantomData;
@@ -35,13 +36,54 @@ pub enum DbError {
     Query(#[from] diesel::result::Error),
 }
 
+/// Whether a failed query is the database's trouble (lost or refused connection, a timeout, a
+/// server shutting down or read-only after a failover, a conflict worth retrying): the request
+/// is answered 503 and may be tried again. The rest (a constraint broken, a value that does not
+/// decode) is a mistake of the portal's: 500. Unknown server errors count as unavailable, as
+/// their SQLSTATE is not passed on by diesel-async and their text may be localised.
+pub fn is_unavailable(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind as K, Error as E};
+    match e {
+        E::DatabaseError(kind, _) => !matches!(
+            kind,
+            K::UniqueViolation
+                | K::ForeignKeyViolation
+                | K::NotNullViolation
+                | K::CheckViolation
+                | K::RestrictViolation
+                | K::ExclusionViolation
+        ),
+        E::RollbackErrorOnCommit { .. } | E::BrokenTransactionManager => true,
+        _ => false,
+    }
+}
+
+impl DbError {
+    /// See [`is_unavailable`].
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Unavailable(_) => true,
+            DbError::Query(e) => is_unavailable(e),
+        }
+    }
+}
+
 impl Db {
-    pub fn new(url: &str, size: usize, timeout: Duration) -> Result<Db, String> {
+    /// A pool of at most `size` connections to `url` (several hosts allowed), a request waiting
+    /// at most `timeout` for one, each connection bounded by `limits` (see [`connect`]).
+    pub fn new(
+        url: &str,
+        size: usize,
+        timeout: Duration,
+        limits: connect::Limits,
+    ) -> Result<Db, String> {
         // A pooled connection is handed out as it is, without diesel-async's default `SELECT 1`
-        // first (a round trip per request). One the server closed (a restart, an idle timeout)
-        // is seen as broken and replaced; one that fails during a request is dropped after it.
+        // first (a round trip per request). One the server closed (a restart, an idle timeout,
+        // the watchdog) is seen as broken and replaced; one that fails during a request is
+        // dropped after it.
         let mut config = ManagerConfig::default();
         config.recycling_method = RecyclingMethod::Fast;
+        config.custom_setup = Box::new(move |url| Box::pin(connect::connect(url, limits)));
         let manager =
             AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
         let pool = Pool::builder(manager)

@@ -290,7 +290,10 @@ pub fn stage(config: &Config) -> AdHoc {
         };
         let wake = mailer.wake.clone();
         let settings = config.settings.mail.clone();
-        let rocket = rocket.manage(mailer).manage(transport.clone());
+        let rocket = rocket
+            .manage(mailer)
+            .manage(transport.clone())
+            .manage(worker::Handle::default());
         if !settings.worker {
             return Ok(rocket);
         }
@@ -310,9 +313,15 @@ pub fn stage(config: &Config) -> AdHoc {
         Ok(
             rocket.attach(AdHoc::on_liftoff("Mail worker", move |rocket| {
                 Box::pin(async move {
-                    if let Some(db) = rocket.state::<Db>().cloned() {
+                    if let (Some(db), Some(handle)) = (
+                        rocket.state::<Db>().cloned(),
+                        rocket.state::<worker::Handle>(),
+                    ) {
                         let shutdown = rocket.shutdown();
-                        rocket::tokio::spawn(worker::run(db, transport, settings, wake, shutdown));
+                        let task = rocket::tokio::spawn(worker::run(
+                            db, transport, settings, wake, shutdown,
+                        ));
+                        handle.set(task).await;
                     }
                 })
             })),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use crate::config::{MailSettings, MailTransport, SmtpSecurity};
@@ -42,9 +43,15 @@ impl Transport {
                 if let (Some(user), Some(password)) = (&s.smtp_user, &s.smtp_password) {
                     builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
                 }
+                // Connections are kept open and reused (one per lane of the worker), not opened
+                // per mail.
+                let pool = PoolConfig::new()
+                    .max_size(s.smtp_connections.max(1))
+                    .idle_timeout(Duration::from_secs(60));
                 Ok(Transport::Smtp(
                     builder
                         .timeout(Some(Duration::from_secs(s.smtp_timeout_secs)))
+                        .pool_config(pool)
                         .build(),
                 ))
             }

@@ -33,11 +33,12 @@ impl AppError {
         match self {
             AppError::NotFound => Status::NotFound,
             AppError::Forbidden => Status::Forbidden,
-            AppError::Db(DbError::Unavailable(_)) | AppError::Unavailable(_) => {
-                Status::ServiceUnavailable
-            }
+            AppError::Unavailable(_) => Status::ServiceUnavailable,
             AppError::Db(DbError::Query(diesel::result::Error::NotFound)) => Status::NotFound,
             AppError::Query(diesel::result::Error::NotFound) => Status::NotFound,
+            // One rule for every database failure: its trouble is 503, the portal's mistake 500.
+            AppError::Db(e) if e.is_unavailable() => Status::ServiceUnavailable,
+            AppError::Query(e) if crate::db::is_unavailable(e) => Status::ServiceUnavailable,
             AppError::Db(_) | AppError::Query(_) | AppError::Internal(_) => {
                 Status::InternalServerError
             }

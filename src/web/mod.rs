@@ -27,6 +27,7 @@ pub fn stage(config: &Config) -> AdHoc {
     let headers = headers::SecurityHeaders {
         release: config.release,
     };
+    let drain = std::time::Duration::from_secs(config.settings.drain_secs);
     AdHoc::on_ignite("Web", move |rocket| async move {
         rocket
             .attach(metrics::RequestLog)
@@ -36,6 +37,7 @@ pub fn stage(config: &Config) -> AdHoc {
             .attach(Template::custom(|engines| {
                 engines.tera.register_function("t", i18n::TeraT);
             }))
+            .attach(health::graceful_stop(drain))
             .manage(metrics::Metrics::default())
             .mount(
                 "/",

@@ -213,3 +213,75 @@ async fn sent_mails_leave_the_outbox_after_the_keeping_time_and_others_stay() {
     left.sort();
     assert_eq!(left, ["failed", "new-sent", "pending"]);
 }
+
+#[rocket::async_test]
+async fn a_mail_held_by_a_dead_worker_is_taken_over_when_its_lease_runs_out() {
+    let app = TestApp::new().await;
+    let smtp = SmtpServer::start();
+    let settings = smtp_settings(&app, smtp.port);
+    let transport = Transport::from_settings(&settings).expect("transport");
+    let message_id = queue_test_mail(&app, "erin@example.gouv.fr").await;
+    // Another instance claimed it, then died: its lease still runs for two seconds.
+    let mut conn = app.db.conn().await;
+    diesel::sql_query(
+        "UPDATE outbox SET lease_owner = 'other-host/1/dead', \
+         lease_until = clock_timestamp() + interval '2 seconds'",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("lease");
+
+    let batch = worker::run_once(app.pool(), &transport, &settings, Utc::now())
+        .await
+        .expect("run");
+    assert_eq!(batch, worker::Batch::default(), "held by another worker");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(smtp.messages().is_empty());
+
+    rocket::tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let batch = worker::run_once(app.pool(), &transport, &settings, Utc::now())
+        .await
+        .expect("run");
+    assert_eq!(batch.sent, 1, "taken over once the lease ran out");
+    let mails = smtp.wait_for(1);
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].contains(&message_id));
+    let (status, owner): (String, Option<String>) = outbox::table
+        .select((outbox::status, outbox::lease_owner))
+        .first(&mut conn)
+        .await
+        .expect("row");
+    assert_eq!(
+        (status.as_str(), owner),
+        ("sent", None),
+        "sent, lease given back"
+    );
+}
+
+#[rocket::async_test]
+async fn many_queued_mails_go_out_once_each_over_several_lanes() {
+    let app = TestApp::new().await;
+    let smtp = SmtpServer::start();
+    let mut settings = smtp_settings(&app, smtp.port);
+    settings.smtp_connections = 3;
+    let transport = Transport::from_settings(&settings).expect("transport");
+    let mut ids = Vec::new();
+    for i in 0..45 {
+        ids.push(queue_test_mail(&app, &format!("agent.{i}@example.gouv.fr")).await);
+    }
+    // Two workers at once (two instances' passes) on the same outbox.
+    let (a, b) = rocket::tokio::join!(
+        worker::run_once(app.pool(), &transport, &settings, Utc::now()),
+        worker::run_once(app.pool(), &transport, &settings, Utc::now()),
+    );
+    let (a, b) = (a.expect("run a"), b.expect("run b"));
+    assert_eq!(a.sent + b.sent, 45, "{a:?} {b:?}");
+    smtp.wait_for(45);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 45, "each mail exactly once");
+    for id in &ids {
+        let copies = mails.iter().filter(|m| m.contains(id.as_str())).count();
+        assert_eq!(copies, 1, "{id}");
+    }
+}

@@ -1,0 +1,1 @@
+ALTER TABLE outbox DROP COLUMN lease_owner, DROP COLUMN lease_until;
