@@ -121,6 +121,9 @@ fn settings(url: &str, smtp: &SmtpServer) -> Figment {
         .merge(("portal.mail.smtp_timeout_secs", 3))
         .merge(("portal.mail.poll_secs", 1))
         .merge(("portal.mail.retry_base_secs", 1))
+        // The shortest allowed (3 SMTP timeouts): mails a worker had claimed when the database
+        // failed wait for their lease to run out before they are sent (the default is 60 s).
+        .merge(("portal.mail.lease_secs", 9))
 }
 
 impl Portal {
