@@ -1,6 +1,6 @@
 //! PostgreSQL failing under a bounded load, each fault injected for real on a private cluster
-//! (common/pg.rs): a restart, a stall (SIGSTOP of every server process) and the loss of the
-//! primary, its synchronous standby promoted. Asserted is what an agent or an operator would
+//! (common/pg.rs): a restart, a stall (SIGSTOP of every server process), the loss of the primary
+//! (its synchronous standby promoted) and the loss of the synchronous standby. Asserted is what an agent or an operator would
 //! notice: answers are the page's own or 503, never a 500 or a hang; none slower than the
 //! statement timeout plus a margin; the portal recovers without a restart; every booking the
 //! agent was told about is stored and its mail delivered to the SMTP server.
@@ -37,6 +37,9 @@ const AFTER: Duration = Duration::from_secs(6);
 const SETTLE: Duration = Duration::from_secs(3);
 /// How long the stalled server stays stopped (longer than the statement timeout).
 const STALL: Duration = Duration::from_secs(5);
+/// How long the synchronous standby stays down: long enough for a booking to start and be
+/// answered after the first ones (in flight when it went) were.
+const STANDBY_DOWN: Duration = Duration::from_secs(8);
 
 /// These tests assert timings: one at a time, so that they do not slow each other down.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -531,4 +534,49 @@ async fn the_primary_lost_under_load_the_promoted_standby_serves_and_keeps_every
     let (more, mails) = check_bookings(&samples, standby.clone(), &portal.smtp, 1).await;
     problems.extend(more);
     verdict("failover", summary, mails, problems);
+}
+
+#[rocket::async_test]
+async fn the_synchronous_standby_lost_under_load_writes_answer_503_then_resume() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let primary = migrated().await;
+    let from = primary.clone();
+    let standby = tokio::task::spawn_blocking(move || {
+        let standby = PgCluster::standby_of(&from);
+        from.configure("synchronous_standby_names", "*");
+        from.wait_for_sync_standby();
+        standby
+    })
+    .await
+    .expect("the standby streams");
+    let standby = Arc::new(standby);
+    let portal = Portal::start(&primary.url(DB)).await;
+    let (main, lost) = (primary.clone(), standby.clone());
+    // Every commit on the primary now waits for a standby that is not there (no timeout of
+    // PostgreSQL's ends that wait): the portal must give up on its own.
+    let (samples, window) = under_load(&portal, move |t0| {
+        lost.stop("immediate");
+        let from = t0.elapsed();
+        std::thread::sleep(STANDBY_DOWN);
+        let to = t0.elapsed();
+        lost.start_again();
+        main.wait_for_sync_standby();
+        Window { from, to }
+    })
+    .await;
+    let summary = summary(&samples, window);
+    let mut problems = check_answers(&samples, window);
+    let during: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.kind == Kind::Booking && s.start >= window.from && s.end() <= window.to)
+        .collect();
+    if during.is_empty() {
+        problems.push("no booking answered while the standby was down".into());
+    }
+    for s in during.iter().filter(|s| s.status != Some(503)) {
+        problems.push(format!("not 503 without the standby: {}", s.line()));
+    }
+    let (more, mails) = check_bookings(&samples, primary.clone(), &portal.smtp, 1).await;
+    problems.extend(more);
+    verdict("standby lost", summary, mails, problems);
 }
