@@ -1,9 +1,9 @@
 //! PostgreSQL failing under a bounded load, each fault injected for real on a private cluster
 //! (common/pg.rs): a restart, a stall (SIGSTOP of every server process), the loss of the primary
-//! (its synchronous standby promoted) and the loss of the synchronous standby. Asserted is what an agent or an operator would
-//! notice: answers are the page's own or 503, never a 500 or a hang; none slower than the
-//! statement timeout plus a margin; the portal recovers without a restart; every booking the
-//! agent was told about is stored and its mail delivered to the SMTP server.
+//! (its synchronous standby promoted) and the loss of the synchronous standby. Asserted is what
+//! an agent or an operator would notice: answers are the page's own or 503, never a 500 or a
+//! hang; none slower than the statement timeout plus a margin; the portal recovers without a
+//! restart; every booking the agent was told about is stored and its mail delivered.
 //!
 //! The load: two portal instances on the cluster, an anonymous browser loading the booking form,
 //! a logged-in agent loading "Mes services connectés" (a session lookup and a query), and three
