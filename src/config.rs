@@ -367,6 +367,10 @@ impl Config {
     pub fn validate(settings: Settings, release: bool) -> Result<Config, ConfigError> {
         let database_url = match settings.database_url.as_deref() {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                // Parsed as the pool will (several hosts, target_session_attrs…), so a typo
+                // stops the start rather than every connection.
+                url.parse::<tokio_postgres::Config>()
+                    .map_err(|e| bad("database_url", e.to_string()))?;
                 url.to_owned()
             }
             Some(_) => {
@@ -747,6 +751,15 @@ mod tests {
     }
 
     #[test]
+    fn a_database_url_may_name_a_primary_and_its_standbys() {
+        let mut s = release_ok();
+        s.database_url = Some(
+            "postgres://portal@db1:5432,db2:5433/portal?target_session_attrs=read-write".into(),
+        );
+        assert!(Config::validate(s, true).is_ok());
+    }
+
+    #[test]
     fn release_refusals_name_the_setting() {
         type Change = Box<dyn Fn(&mut Settings)>;
         let cases: Vec<(&str, Change)> = vec![
@@ -783,6 +796,26 @@ mod tests {
                 Box::new(|s| s.oidc.key_publish_before_use_secs = -1),
             ),
             ("mail.smtp_host", Box::new(|s| s.mail.smtp_host = None)),
+            (
+                "database_url",
+                Box::new(|s| s.database_url = Some("postgres://db:notaport/portal".into())),
+            ),
+            (
+                "database_url",
+                Box::new(|s| {
+                    s.database_url =
+                        Some("postgres://db/portal?target_session_attrs=primary-ish".into())
+                }),
+            ),
+            ("mail.lease_secs", Box::new(|s| s.mail.lease_secs = 10)),
+            (
+                "mail.smtp_connections",
+                Box::new(|s| s.mail.smtp_connections = 0),
+            ),
+            (
+                "db.statement_timeout_secs",
+                Box::new(|s| s.db.statement_timeout_secs = 0),
+            ),
             (
                 "mail.smtp_security",
                 Box::new(|s| s.mail.smtp_security = SmtpSecurity::None),

@@ -96,6 +96,21 @@ pub enum BookError {
     Mail(#[from] mail::MailError),
 }
 
+impl From<BookError> for crate::web::errors::AppError {
+    fn from(e: BookError) -> Self {
+        use crate::web::errors::AppError;
+        match e {
+            BookError::Db(e) | BookError::Mail(mail::MailError::Db(e)) => AppError::Query(e),
+            BookError::Crypto(e) => e.into(),
+            // No line to give: the operators must add numbers (logged as a 503).
+            e @ (BookError::Exhausted | BookError::NoNumbers) => {
+                AppError::Unavailable(e.to_string())
+            }
+            e @ BookError::Mail(_) => AppError::Internal(e.to_string()),
+        }
+    }
+}
+
 /// The HMAC the IVR looks up and the exclusion constraint compares.
 pub fn pin_hmac(keys: &Keys, number: &str, pin: &str) -> Vec<u8> {
     keys.stable(Stable::AudioconfPin)

@@ -254,13 +254,7 @@ pub async fn book(
 }
 
 pub(super) fn book_failure(e: BookError) -> AppError {
-    match e {
-        BookError::Db(e) | BookError::Mail(crate::mail::MailError::Db(e)) => AppError::Query(e),
-        BookError::Crypto(e) => e.into(),
-        // No line to give: the operators must add numbers (logged as a 503).
-        e @ (BookError::Exhausted | BookError::NoNumbers) => AppError::Unavailable(e.to_string()),
-        e @ BookError::Mail(_) => AppError::Internal(e.to_string()),
-    }
+    e.into()
 }
 
 fn link_error(ctx: &Ctx, e: LinkError) -> Page {

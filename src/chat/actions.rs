@@ -9,12 +9,15 @@ use rocket::{get, post, Either};
 use ruma::api::client::config::{get_global_account_data, set_global_account_data};
 use ruma::api::client::directory::get_public_rooms_filtered;
 use ruma::api::client::membership::{
+    forget_room,
     invite_user::{self, v3::InvitationRecipient},
     join_room_by_id_or_alias, leave_room,
 };
 use ruma::api::client::profile::get_profile;
 use ruma::api::client::room::{create_room, Visibility};
+use ruma::api::client::state::send_state_event;
 use ruma::directory::Filter;
+use ruma::events::room::member::{MembershipState, RoomMemberEventContent};
 use ruma::events::GlobalAccountDataEventType;
 use ruma::room::RoomType;
 use ruma::serde::Raw;
@@ -56,12 +59,14 @@ fn internal(e: impl std::fmt::Display) -> Trouble {
 
 // ---------------------------------------------------------------- contacts
 
-/// Why a contact could not be found, as a catalog key.
+/// Whether a contact was found, or why not.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
     Found(OwnedUserId),
     Invalid,
     Unknown,
+    /// The account's homeserver could not be asked just now.
+    Unreachable,
 }
 
 /// The Matrix ID Tchap gives an email address on a homeserver: `prenom.nom@dom.fr` on
@@ -98,6 +103,12 @@ pub async fn lookup(
     let Some(id) = candidate else {
         return Ok(Lookup::Invalid);
     };
+    // Asked of the agent's own homeserver only (the portal never calls the server the ID names);
+    // reaching other Tchap servers is the homeservers' federation, under their own allow-list.
+    let own = user
+        .matrix_user_id
+        .split_once(':')
+        .is_some_and(|(_, s)| s.eq_ignore_ascii_case(id.server_name().as_str()));
     match chat
         .hs
         .send(
@@ -109,8 +120,19 @@ pub async fn lookup(
     {
         Ok(_) => Ok(Lookup::Found(id)),
         Err(HsError::NotFound(_)) => Ok(Lookup::Unknown),
-        // Profiles hidden from strangers: let the invitation itself say.
+        // Profiles hidden from strangers (or another server not reached by federation): the
+        // invitation itself will tell.
         Err(HsError::Forbidden(_)) => Ok(Lookup::Found(id)),
+        // Another homeserver that does not answer the agent's one: said on the field. The agent's
+        // own homeserver down is the unavailable page.
+        Err(HsError::Unavailable(why)) if !own => {
+            tracing::info!(%why, server = %id.server_name(), "contact's homeserver unreachable");
+            Ok(Lookup::Unreachable)
+        }
+        Err(HsError::Refused(why)) => {
+            tracing::info!(%why, "profile lookup refused");
+            Ok(Lookup::Unreachable)
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -120,6 +142,7 @@ fn lookup_error(l: &Lookup, ctx: &Ctx) -> Option<String> {
         Lookup::Found(_) => None,
         Lookup::Invalid => Some(ctx.lang.t("chat.contact.invalid").to_owned()),
         Lookup::Unknown => Some(ctx.lang.t("chat.contact.unknown").to_owned()),
+        Lookup::Unreachable => Some(ctx.lang.t("chat.contact.unreachable").to_owned()),
     }
 }
 
@@ -446,12 +469,36 @@ pub async fn direct(
             }
         }
         drop(conn);
+        // The room first, then the invitation: when the invitation fails, the room's ID is known
+        // and the room is left and forgotten (created with its invitation, a failed invitation
+        // would leave an empty room behind whose ID the homeserver never tells).
         let mut req = create_room::v3::Request::new();
         req.is_direct = true;
-        req.invite = vec![other.clone()];
         req.preset = Some(create_room::v3::RoomPreset::TrustedPrivateChat);
         req.initial_state = vec![access_rules("direct")];
         let res = chat.hs.send(&user.homeserver_url, &token, req).await?;
+        if let Err(e) = invite_direct(&chat, &user, &token, &res.room_id, &other).await {
+            abandon(&chat, &user, &token, &res.room_id).await;
+            let message = match e {
+                HsError::Forbidden(why) | HsError::Refused(why) | HsError::NotFound(why) => {
+                    tracing::info!(%why, "direct chat: invitation refused");
+                    ctx.lang.t("chat.direct.refused")
+                }
+                HsError::Unavailable(why) => {
+                    tracing::info!(%why, "direct chat: invitation not delivered");
+                    ctx.lang.t("chat.contact.unreachable")
+                }
+                e => return Err(e.into()),
+            };
+            let mut errors = FieldErrors::default();
+            errors.add("contact", message);
+            return Ok(Either::Left(invalid(
+                &ctx,
+                "chat/direct",
+                json!({ "contact": contact }),
+                errors,
+            )));
+        }
         // Recorded in m.direct, as every Matrix client does.
         if !map.is_object() {
             map = json!({});
@@ -476,6 +523,50 @@ pub async fn direct(
     }
     .await;
     chat.reply(result, &ctx, &user, "/discussions/direct").await
+}
+
+/// Invites `other` to a new direct chat, marked direct as `/createRoom` marks its invitations
+/// (the membership event's `is_direct`, which the other person's clients read).
+async fn invite_direct(
+    chat: &Chat<'_>,
+    user: &CurrentUser,
+    token: &str,
+    room_id: &OwnedRoomId,
+    other: &OwnedUserId,
+) -> Result<(), HsError> {
+    let mut content = RoomMemberEventContent::new(MembershipState::Invite);
+    content.is_direct = Some(true);
+    let target: &UserId = other;
+    let req = send_state_event::v3::Request::new(room_id.clone(), target, &content)
+        .map_err(|e| HsError::Refused(e.to_string()))?;
+    chat.hs.send(&user.homeserver_url, token, req).await?;
+    Ok(())
+}
+
+/// Leaves and forgets a room the agent just made for nothing (best effort: the agent is told about
+/// the invitation either way).
+async fn abandon(chat: &Chat<'_>, user: &CurrentUser, token: &str, room_id: &OwnedRoomId) {
+    let home = &user.homeserver_url;
+    let left = chat
+        .hs
+        .send(home, token, leave_room::v3::Request::new(room_id.clone()))
+        .await;
+    let forgotten = match left {
+        Ok(_) => chat
+            .hs
+            .send(home, token, forget_room::v3::Request::new(room_id.clone()))
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = forgotten {
+        tracing::warn!(room = %room_id, error = %e, "direct chat: the unused room could not be left");
+    }
+    if let Ok(mut conn) = chat.db.get().await {
+        if let Err(e) = sync::forget(&mut conn, user.id, room_id.as_str()).await {
+            tracing::warn!(room = %room_id, error = %e, "direct chat: the unused room stays listed");
+        }
+    }
 }
 
 // ---------------------------------------------------------------- invite

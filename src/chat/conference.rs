@@ -121,13 +121,44 @@ fn closing(lang: Lang, c: &Conference) -> Value {
 }
 
 enum Outcome {
-    New(Conference),
-    Existing(Conference, Option<String>),
+    /// A line this press must announce: just booked, or booked but never announced; the claim to
+    /// announce it is this press's (`done` is the notice for the room page).
+    Announce(Conference, &'static str),
+    /// The room's line, announced already or being announced by another member's press.
+    Existing,
     Refused(String),
 }
 
-fn internal(e: impl std::fmt::Display) -> Trouble {
-    Trouble::App(AppError::Internal(e.to_string()))
+/// How long a claim to announce a line holds: past it, a member whose announcement never finished
+/// (a crash, a homeserver that never answered) no longer keeps the room from being told.
+fn announce_lease(chat: &Chat<'_>) -> Duration {
+    let secs = i64::try_from(chat.config.settings.matrix.timeout_secs).unwrap_or(i64::MAX / 4);
+    Duration::seconds(secs.saturating_mul(3).saturating_add(5))
+}
+
+/// Claims the announcement of the room's line for `day`: true for exactly one caller at a time
+/// (one conditional update, atomic by itself), while the line is not announced.
+async fn claim_announcement(
+    conn: &mut diesel_async::AsyncPgConnection,
+    room_id: &str,
+    day: NaiveDate,
+    until: chrono::DateTime<Utc>,
+    now: chrono::DateTime<Utc>,
+) -> QueryResult<bool> {
+    let n = diesel::update(
+        rooms::table
+            .find((room_id, day))
+            .filter(rooms::event_id.is_null())
+            .filter(
+                rooms::announcing_until
+                    .is_null()
+                    .or(rooms::announcing_until.lt(now)),
+            ),
+    )
+    .set(rooms::announcing_until.eq(until))
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
 }
 
 async fn book_for_room(
@@ -155,6 +186,7 @@ async fn book_for_room(
     let room_id = row.room_id.clone();
     let me = user.matrix_user_id.clone();
     let keys = chat.keys;
+    let claim_until = now + announce_lease(chat);
     let mut conn = chat.db.get().await?;
     let outcome = conn
         .transaction::<Outcome, BookError, _>(async |conn| {
@@ -164,7 +196,14 @@ async fn book_for_room(
                 .execute(conn)
                 .await?;
             if let Some((c, _, event)) = line_of(conn, &room_id, day).await? {
-                return Ok(Outcome::Existing(c, event));
+                // Booked but not announced (the announcement failed, or is under way from another
+                // member's press): the database says who announces it.
+                if event.is_none()
+                    && claim_announcement(conn, &room_id, day, claim_until, now).await?
+                {
+                    return Ok(Outcome::Announce(c, "audioconf_existing"));
+                }
+                return Ok(Outcome::Existing);
             }
             let Some(email) = email else {
                 return Ok(Outcome::Refused(lang.t("chat.audioconf.no_email").into()));
@@ -202,6 +241,7 @@ async fn book_for_room(
                     rooms::conference_id.eq(created.id),
                     rooms::booked_by.eq(&me),
                     rooms::created_at.eq(now),
+                    rooms::announcing_until.eq(claim_until),
                 ))
                 .on_conflict((rooms::room_id, rooms::day))
                 .do_update()
@@ -210,6 +250,7 @@ async fn book_for_room(
                     rooms::booked_by.eq(&me),
                     rooms::event_id.eq(None::<String>),
                     rooms::created_at.eq(now),
+                    rooms::announcing_until.eq(claim_until),
                 ))
                 .execute(conn)
                 .await?;
@@ -218,11 +259,11 @@ async fn book_for_room(
                 .select(Conference::as_select())
                 .first(conn)
                 .await?;
-            Ok(Outcome::New(c))
+            Ok(Outcome::Announce(c, "audioconf"))
         })
         .await
-        .map_err(internal)?;
-    if matches!(outcome, Outcome::New(_)) {
+        .map_err(|e| Trouble::App(e.into()))?;
+    if matches!(outcome, Outcome::Announce(_, "audioconf")) {
         mailer.wake.notify_one();
     }
     Ok(outcome)
@@ -241,16 +282,43 @@ pub async fn start(
 ) -> Result<Result<&'static str, String>, Trouble> {
     let (c, done) = match book_for_room(ctx, user, chat, mailer, row, day).await? {
         Outcome::Refused(why) => return Ok(Err(why)),
-        Outcome::Existing(_, Some(_)) => return Ok(Ok("audioconf_existing")),
-        Outcome::Existing(c, None) => (c, "audioconf_existing"),
-        Outcome::New(c) => (c, "audioconf"),
+        Outcome::Existing => return Ok(Ok("audioconf_existing")),
+        Outcome::Announce(c, done) => (c, done),
     };
     tracing::info!(conference = %c.public_id, room = %room_id, "audioconf: room line booked");
-    // Announced once: the transaction ID is the conference's, so a retry is not a second message.
+    // This press holds the claim: it alone announces. The transaction ID is the conference's, so
+    // the same agent retrying is not a second message either.
+    let sent = announce(ctx, user, chat, room_id, &c).await;
+    // The claim ends either way: announced, or given back for the next press to try again.
+    let event = sent.as_ref().ok().map(|e| e.as_str());
+    let mut conn = chat.db.get().await?;
+    diesel::update(
+        rooms::table
+            .filter(rooms::conference_id.eq(c.id))
+            .filter(rooms::event_id.is_null()),
+    )
+    .set((
+        rooms::event_id.eq(event),
+        rooms::announcing_until.eq(None::<chrono::DateTime<Utc>>),
+    ))
+    .execute(&mut conn)
+    .await?;
+    sent?;
+    Ok(Ok(done))
+}
+
+/// Posts the line's number, PIN and end time in the room.
+async fn announce(
+    ctx: &Ctx,
+    user: &CurrentUser,
+    chat: &Chat<'_>,
+    room_id: &OwnedRoomId,
+    c: &Conference,
+) -> Result<ruma::OwnedEventId, Trouble> {
     let token = chat.token(user)?;
     let pin = c.pin(chat.keys).map_err(AppError::from)?;
     let content = announcement(ctx.lang, &c.number, &pin, &c.period());
-    let event = send_event(
+    send_event(
         chat,
         user,
         &token,
@@ -259,13 +327,7 @@ pub async fn start(
         "m.room.message",
         &content,
     )
-    .await?;
-    let mut conn = chat.db.get().await?;
-    diesel::update(rooms::table.filter(rooms::conference_id.eq(c.id)))
-        .set(rooms::event_id.eq(event.as_str()))
-        .execute(&mut conn)
-        .await?;
-    Ok(Ok(done))
+    .await
 }
 
 #[derive(Debug, FromForm)]
@@ -365,7 +427,7 @@ pub async fn close(
         }
         let ended = booking::end(&mut conn, mailer, chat.keys, Which::Id(id), Utc::now())
             .await
-            .map_err(internal)?;
+            .map_err(|e| Trouble::App(e.into()))?;
         drop(conn);
         if let Some(c) = ended {
             mailer.wake.notify_one();

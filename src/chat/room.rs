@@ -114,11 +114,14 @@ pub async fn remember_media(
     room_id: &str,
     media: &[String],
 ) -> QueryResult<()> {
+    // Once each (a row may not be updated twice by one statement), in a fixed order (two pages of
+    // one session write the same rows in the same order: no deadlock).
+    let media: std::collections::BTreeSet<&String> = media.iter().collect();
     if media.is_empty() {
         return Ok(());
     }
     let rows: Vec<_> = media
-        .iter()
+        .into_iter()
         .map(|mxc| {
             (
                 chat_media::session_id.eq(session_id),

@@ -2,7 +2,7 @@
 //! needs it, merged into one summary row per room and session in PostgreSQL, with the sync position.
 //! A user with hundreds of rooms pays one full sync at the first page, then only what changed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -162,6 +162,12 @@ pub enum SyncError {
 }
 
 /// Brings the session's room summaries up to date with one incremental sync.
+///
+/// Two syncs of one session at once (two tabs, a double click) both ask the homeserver, then take
+/// turns writing: each locks the session's sync row first and writes only if the stored position is
+/// still the one it started from. The other one's answer is dropped and it syncs once more from the
+/// new position, so the position never moves backwards and no change between two positions is
+/// skipped.
 pub async fn refresh(
     conn: &mut AsyncPgConnection,
     hs: &Hs,
@@ -170,20 +176,34 @@ pub async fn refresh(
     homeserver: &str,
     token: &str,
 ) -> Result<(), SyncError> {
-    let since: Option<String> = chat_sync::table
-        .find(session_id)
-        .select(chat_sync::next_batch)
-        .first(conn)
-        .await
-        .optional()?;
-    let mut req = sync::Request::new();
-    req.filter = Some(Filter::FilterDefinition(filter()));
-    req.timeout = Some(Duration::ZERO);
-    req.since = since;
-    let since = req.since.clone();
-    let res = hs.send(homeserver, token, req).await?;
-    apply(conn, session_id, me, since.as_deref(), res).await?;
+    for _ in 0..2 {
+        let since: Option<String> = chat_sync::table
+            .find(session_id)
+            .select(chat_sync::next_batch)
+            .first(conn)
+            .await
+            .optional()?
+            .filter(|s: &String| !s.is_empty());
+        let mut req = sync::Request::new();
+        req.filter = Some(Filter::FilterDefinition(filter()));
+        req.timeout = Some(Duration::ZERO);
+        req.since = since;
+        let since = req.since.clone();
+        let res = hs.send(homeserver, token, req).await?;
+        if apply(conn, session_id, me, since.as_deref(), res).await? == Applied::Written {
+            break;
+        }
+    }
+    // Still overtaken after a second try: another sync of this session has just written a
+    // position at least as recent, and the list shows what it wrote.
     Ok(())
+}
+
+/// Whether an answer was written, or dropped because another sync moved the position first.
+#[derive(Debug, PartialEq, Eq)]
+enum Applied {
+    Written,
+    Overtaken,
 }
 
 async fn apply(
@@ -192,7 +212,7 @@ async fn apply(
     me: &str,
     since: Option<&str>,
     res: sync::Response,
-) -> Result<(), diesel::result::Error> {
+) -> Result<Applied, diesel::result::Error> {
     // Nothing happened since the last sync (the usual case when a page is read again): nothing to
     // write, and no transaction to open.
     let quiet = res.rooms.join.is_empty()
@@ -201,11 +221,58 @@ async fn apply(
         && res.account_data.events.is_empty();
     if quiet {
         if since == Some(res.next_batch.as_str()) {
-            return Ok(());
+            return Ok(Applied::Written);
         }
         // Only the position moved: one statement, atomic by itself.
-        return save_position(conn, session_id, &res.next_batch).await;
+        return advance(conn, session_id, since, &res.next_batch).await;
     }
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        // The session's sync row is locked first: two syncs of one session write in turn, and the
+        // later one sees whether the position is still the one its answer starts from.
+        if lock_position(conn, session_id).await?.as_deref() != since {
+            return Ok(Applied::Overtaken);
+        }
+        merge(conn, session_id, me, &res).await?;
+        save_position(conn, session_id, &res.next_batch).await?;
+        Ok(Applied::Written)
+    })
+    .await
+}
+
+/// Locks the session's sync row (made first if there is none, for the very first sync) and
+/// answers the position it holds.
+async fn lock_position(
+    conn: &mut AsyncPgConnection,
+    session_id: i64,
+) -> Result<Option<String>, diesel::result::Error> {
+    // An empty position stands for "none yet" (a full sync); this transaction writes a real one
+    // before it commits. A concurrent first sync waits here for this one's commit.
+    diesel::insert_into(chat_sync::table)
+        .values((
+            chat_sync::session_id.eq(session_id),
+            chat_sync::next_batch.eq(""),
+            chat_sync::synced_at.eq(Utc::now()),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    let stored: String = chat_sync::table
+        .find(session_id)
+        .select(chat_sync::next_batch)
+        .for_update()
+        .first(conn)
+        .await?;
+    Ok(Some(stored).filter(|s| !s.is_empty()))
+}
+
+/// The answer's rooms merged into the stored summaries (read under the lock), written in room ID
+/// order so that any two writers of the same rows lock them in the same order.
+async fn merge(
+    conn: &mut AsyncPgConnection,
+    session_id: i64,
+    me: &str,
+    res: &sync::Response,
+) -> Result<(), diesel::result::Error> {
     let existing: Vec<RoomRow> = chat_rooms::table
         .filter(chat_rooms::session_id.eq(session_id))
         .select(RoomRow::as_select())
@@ -215,7 +282,7 @@ async fn apply(
         .into_iter()
         .map(|r| (r.room_id.clone(), r))
         .collect();
-    let mut changed: HashSet<String> = HashSet::new();
+    let mut changed: BTreeSet<String> = BTreeSet::new();
     let fresh = |room_id: &str, membership: &str| RoomRow {
         session_id,
         room_id: room_id.to_owned(),
@@ -289,65 +356,97 @@ async fn apply(
         }
     }
     // Rooms left, and invitations declined or withdrawn.
-    let left: Vec<String> = res.rooms.leave.keys().map(|r| r.to_string()).collect();
+    let left: BTreeSet<String> = res.rooms.leave.keys().map(|r| r.to_string()).collect();
 
-    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
-        for id in &changed {
-            let Some(row) = rows.get_mut(id) else {
-                continue;
-            };
-            row.classify();
-            diesel::insert_into(chat_rooms::table)
-                .values(&*row)
-                .on_conflict((chat_rooms::session_id, chat_rooms::room_id))
-                .do_update()
-                .set((
-                    chat_rooms::membership.eq(&row.membership),
-                    chat_rooms::name.eq(&row.name),
-                    chat_rooms::kind.eq(&row.kind),
-                    chat_rooms::join_rule.eq(&row.join_rule),
-                    chat_rooms::access_rule.eq(&row.access_rule),
-                    chat_rooms::is_direct.eq(row.is_direct),
-                    chat_rooms::encrypted.eq(row.encrypted),
-                    chat_rooms::inviter.eq(&row.inviter),
-                    chat_rooms::heroes.eq(&row.heroes),
-                    chat_rooms::last_ts.eq(row.last_ts),
-                    chat_rooms::last_sender.eq(&row.last_sender),
-                    chat_rooms::last_preview.eq(&row.last_preview),
-                    chat_rooms::unread.eq(row.unread),
-                    chat_rooms::highlight.eq(row.highlight),
-                ))
-                .execute(conn)
-                .await?;
-        }
-        if !left.is_empty() {
-            diesel::delete(
-                chat_rooms::table
-                    .filter(chat_rooms::session_id.eq(session_id))
-                    .filter(chat_rooms::room_id.eq_any(&left)),
-            )
+    for id in &changed {
+        let Some(row) = rows.get_mut(id) else {
+            continue;
+        };
+        row.classify();
+        diesel::insert_into(chat_rooms::table)
+            .values(&*row)
+            .on_conflict((chat_rooms::session_id, chat_rooms::room_id))
+            .do_update()
+            .set((
+                chat_rooms::membership.eq(&row.membership),
+                chat_rooms::name.eq(&row.name),
+                chat_rooms::kind.eq(&row.kind),
+                chat_rooms::join_rule.eq(&row.join_rule),
+                chat_rooms::access_rule.eq(&row.access_rule),
+                chat_rooms::is_direct.eq(row.is_direct),
+                chat_rooms::encrypted.eq(row.encrypted),
+                chat_rooms::inviter.eq(&row.inviter),
+                chat_rooms::heroes.eq(&row.heroes),
+                chat_rooms::last_ts.eq(row.last_ts),
+                chat_rooms::last_sender.eq(&row.last_sender),
+                chat_rooms::last_preview.eq(&row.last_preview),
+                chat_rooms::unread.eq(row.unread),
+                chat_rooms::highlight.eq(row.highlight),
+            ))
             .execute(conn)
             .await?;
-        }
-        save_position(conn, session_id, &res.next_batch).await
-    })
-    .await
+    }
+    if !left.is_empty() {
+        diesel::delete(
+            chat_rooms::table
+                .filter(chat_rooms::session_id.eq(session_id))
+                .filter(chat_rooms::room_id.eq_any(&left)),
+        )
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
 }
 
-/// Where the next incremental sync starts.
+/// Moves the position from `since` to `next_batch` if no other sync moved it meanwhile (a quiet
+/// answer: nothing else to write).
+async fn advance(
+    conn: &mut AsyncPgConnection,
+    session_id: i64,
+    since: Option<&str>,
+    next_batch: &str,
+) -> Result<Applied, diesel::result::Error> {
+    let n = match since {
+        Some(since) => {
+            diesel::update(
+                chat_sync::table
+                    .find(session_id)
+                    .filter(chat_sync::next_batch.eq(since)),
+            )
+            .set((
+                chat_sync::next_batch.eq(next_batch),
+                chat_sync::synced_at.eq(Utc::now()),
+            ))
+            .execute(conn)
+            .await?
+        }
+        // A first sync with nothing in it: a position only if no other sync wrote one.
+        None => {
+            diesel::insert_into(chat_sync::table)
+                .values((
+                    chat_sync::session_id.eq(session_id),
+                    chat_sync::next_batch.eq(next_batch),
+                    chat_sync::synced_at.eq(Utc::now()),
+                ))
+                .on_conflict_do_nothing()
+                .execute(conn)
+                .await?
+        }
+    };
+    Ok(if n == 1 {
+        Applied::Written
+    } else {
+        Applied::Overtaken
+    })
+}
+
+/// Where the next incremental sync starts (the row is locked by this transaction).
 async fn save_position(
     conn: &mut AsyncPgConnection,
     session_id: i64,
     next_batch: &str,
 ) -> Result<(), diesel::result::Error> {
-    diesel::insert_into(chat_sync::table)
-        .values((
-            chat_sync::session_id.eq(session_id),
-            chat_sync::next_batch.eq(next_batch),
-            chat_sync::synced_at.eq(Utc::now()),
-        ))
-        .on_conflict(chat_sync::session_id)
-        .do_update()
+    diesel::update(chat_sync::table.find(session_id))
         .set((
             chat_sync::next_batch.eq(next_batch),
             chat_sync::synced_at.eq(Utc::now()),

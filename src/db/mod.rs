@@ -164,3 +164,40 @@ impl<K, Q: QueryFragment<Pg>> QueryFragment<Pg> for Prepared<K, Q> {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind as K, Error as E};
+
+    fn db_error(kind: K, message: &str) -> E {
+        E::DatabaseError(kind, Box::new(message.to_owned()))
+    }
+
+    #[test]
+    fn the_databases_trouble_is_unavailable_the_portals_mistakes_are_not() {
+        for unavailable in [
+            db_error(K::ClosedConnection, "server closed the connection"),
+            db_error(K::UnableToSendCommand, "connection closed"),
+            db_error(K::SerializationFailure, "could not serialize"),
+            db_error(K::ReadOnlyTransaction, "read-only transaction"),
+            db_error(K::Unknown, "canceling statement due to statement timeout"),
+            db_error(K::Unknown, "annulation de l'instruction à cause du délai"),
+            E::BrokenTransactionManager,
+        ] {
+            assert!(is_unavailable(&unavailable), "{unavailable:?}");
+            assert!(DbError::Query(unavailable).is_unavailable());
+        }
+        for mistake in [
+            db_error(K::UniqueViolation, "duplicate key"),
+            db_error(K::ForeignKeyViolation, "violates foreign key"),
+            db_error(K::NotNullViolation, "null value"),
+            db_error(K::CheckViolation, "check"),
+            E::NotFound,
+            E::QueryBuilderError("bad".into()),
+        ] {
+            assert!(!is_unavailable(&mistake), "{mistake:?}");
+        }
+        assert!(DbError::Unavailable("timed out".into()).is_unavailable());
+    }
+}

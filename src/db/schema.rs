@@ -62,6 +62,7 @@ diesel::table! {
         booked_by -> Text,
         event_id -> Nullable<Text>,
         created_at -> Timestamptz,
+        announcing_until -> Nullable<Timestamptz>,
     }
 }
 

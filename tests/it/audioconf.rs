@@ -21,7 +21,13 @@ pub(crate) const BRIDGE_SECRET: &str = "bridge-secret-for-tests-0123456789abcdef
 /// A portal with one number, a bridge, and its mail worker sending to `smtp`.
 pub(crate) async fn app(smtp: &SmtpServer, tweak: impl FnOnce(Figment) -> Figment) -> TestApp {
     let db = TestDb::new().await;
-    let fig = figment(&db)
+    let fig = app_figment(smtp, &db);
+    TestApp::with_figment(db, tweak(fig)).await
+}
+
+/// The settings of `app`: another instance made from them is another browser on the same portal.
+pub(crate) fn app_figment(smtp: &SmtpServer, db: &TestDb) -> Figment {
+    figment(db)
         .merge(("portal.audioconf.numbers", vec![NUMBER]))
         .merge((
             "portal.audioconf.bridges",
@@ -34,8 +40,7 @@ pub(crate) async fn app(smtp: &SmtpServer, tweak: impl FnOnce(Figment) -> Figmen
         .merge(("portal.mail.smtp_security", "none"))
         .merge(("portal.mail.smtp_timeout_secs", 3))
         .merge(("portal.mail.poll_secs", 1))
-        .merge(("portal.mail.retry_base_secs", 1));
-    TestApp::with_figment(db, tweak(fig)).await
+        .merge(("portal.mail.retry_base_secs", 1))
 }
 
 async fn get(app: &TestApp, path: &str) -> (Status, String) {

@@ -263,3 +263,64 @@ async fn nul_and_control_characters_from_the_homeserver_never_break_a_page() {
         assert!(!page.contains("javascript:"), "no active link: {page}");
     }
 }
+
+#[rocket::async_test]
+async fn one_session_loading_the_room_list_thirty_times_at_once_gets_no_error() {
+    let (_, erin) = new_user("erin", PASSWORD, Some("Erin")).await;
+    let te = token_of(&erin, PASSWORD).await;
+    let mut rooms = vec![];
+    for n in 0..20 {
+        rooms.push(create_room(&te, json!({"name": format!("Salon {n:02}")})).await);
+    }
+    let db = crate::common::TestDb::new().await;
+    let fig = crate::common::figment(&db).merge(("portal.db.pool_size", 12));
+    let app = TestApp::with_figment(db, fig).await;
+    log_in(&app.client, &erin, PASSWORD).await;
+
+    // Two tabs and a double click, many times over: the first burst meets no sync position yet, the
+    // next ones start from the same position with every room changed.
+    for round in 0..3 {
+        if round > 0 {
+            for (n, room) in rooms.iter().enumerate() {
+                send(
+                    &te,
+                    room,
+                    json!({"msgtype": "m.text", "body": format!("tour {round} salon {n:02}")}),
+                )
+                .await;
+            }
+        }
+        let loads = (0..30).map(|_| app.client.get("/discussions").dispatch());
+        let answers = rocket::futures::future::join_all(loads).await;
+        let statuses: Vec<u16> = answers.iter().map(|r| r.status().code).collect();
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "round {round}: every load answered 200: {statuses:?}"
+        );
+    }
+
+    // Afterwards the list is whole and up to date, and the next load is one incremental sync.
+    let before = calls(&app);
+    let (status, _, page) = get(&app, "/discussions").await;
+    assert_eq!(status, Status::Ok);
+    assert_eq!(calls(&app) - before, 1);
+    for n in 0..20 {
+        assert!(
+            page.contains(&format!("tour 2 salon {n:02}")),
+            "room {n} with its latest message: {page}"
+        );
+    }
+    let mut conn = app.db.conn().await;
+    let positions: i64 = chat_sync::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(positions, 1, "one sync position for the session");
+    let listed: i64 = tchap_portal::db::schema::chat_rooms::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(listed, 20, "each room once");
+}

@@ -1018,6 +1018,22 @@ async fn agents_create_join_invite_leave_and_start_direct_chats() {
     let dm_room: Value = direct[&jeanne].clone();
     assert_eq!(dm_room.as_array().map(Vec::len), Some(1), "{direct}");
     assert_eq!(room_path(dm_room[0].as_str().expect("room")), dm_path);
+    let invite = call(
+        "GET",
+        &ta,
+        &format!(
+            "/rooms/{}/state/m.room.member/{}",
+            enc(dm_room[0].as_str().expect("room")),
+            enc(&jeanne)
+        ),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (invite["membership"].as_str(), invite["is_direct"].as_bool()),
+        (Some("invite"), Some(true)),
+        "Jeanne's clients see a direct chat: {invite}"
+    );
     let (status, again, _) = start().await;
     assert_eq!(status, Status::SeeOther);
     assert_eq!(
@@ -1074,4 +1090,103 @@ async fn two_hundred_rooms_cost_one_full_sync_then_only_what_changed() {
         "the room with the newest message first"
     );
     assert!(first.contains("du nouveau"));
+}
+
+#[rocket::async_test]
+async fn a_direct_chat_with_an_unknown_or_unreachable_id_is_refused_on_the_field_and_leaves_no_room(
+) {
+    let (_, alice) = new_user("alice", PASSWORD, Some("Alice Martin")).await;
+    let ta = token_of(&alice, PASSWORD).await;
+    let app = TestApp::new().await;
+    log_in(&app.client, &alice, PASSWORD).await;
+    let joined_rooms = || async {
+        let mut rooms: Vec<String> = call("GET", &ta, "/joined_rooms", json!({})).await
+            ["joined_rooms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect();
+        rooms.sort();
+        rooms
+    };
+    let before = joined_rooms().await;
+    let (_, _, form) = get(&app.client, "/discussions/direct").await;
+    let tag = random_tag();
+    for (contact, message) in [
+        // No such account on the agent's own homeserver.
+        (
+            format!("@personne-{tag}:localhost"),
+            "Aucun compte Tchap ne correspond",
+        ),
+        // Another server, which the agent's homeserver cannot reach (no federation here): the
+        // invitation fails after the room was made, which is left and forgotten.
+        (
+            format!("@agent-{tag}:hors-ligne.example"),
+            "ne peut pas être invitée à une discussion directe",
+        ),
+    ] {
+        let calls = hs(&app.client).calls();
+        let (status, _, again) = post_form(
+            &app.client,
+            "/discussions/direct",
+            format!("csrf_token={}&contact={}", csrf_token(&form), enc(&contact)),
+        )
+        .await;
+        assert_eq!(status, Status::UnprocessableEntity, "{contact}: {again}");
+        assert_eq!(
+            title(&again),
+            "Erreur : Nouvelle discussion directe — Portail Tchap"
+        );
+        assert!(again.contains(message), "{contact}: {message} in {again}");
+        assert!(
+            again.contains(&format!("value=\"{contact}\"")),
+            "{contact}: input kept"
+        );
+        assert!(
+            again.contains("aria-describedby=\"contact-erreur\""),
+            "{contact}: the message is tied to the field"
+        );
+        assert!(
+            hs(&app.client).calls() > calls,
+            "{contact}: checked on the agent's homeserver"
+        );
+        assert_eq!(
+            joined_rooms().await,
+            before,
+            "{contact}: no room left behind"
+        );
+    }
+    let (_, _, list) = get(&app.client, "/discussions").await;
+    assert!(
+        !list.contains("Discussion directe"),
+        "no direct chat in the list: {list}"
+    );
+}
+
+#[rocket::async_test]
+async fn the_same_image_twice_on_a_page_is_remembered_once() {
+    let (_, alice) = new_user("alice", PASSWORD, Some("Alice Martin")).await;
+    let ta = token_of(&alice, PASSWORD).await;
+    let room = create_room(&ta, json!({"name": "Images", "preset": "public_chat"})).await;
+    let img = "<img src=\"mxc://localhost/MemeImage\" alt=\"schéma\">";
+    send(
+        &ta,
+        &room,
+        json!({"msgtype": "m.text", "body": "deux fois", "format": "org.matrix.custom.html",
+               "formatted_body": format!("{img} et encore {img}")}),
+    )
+    .await;
+    let app = TestApp::new().await;
+    log_in(&app.client, &alice, PASSWORD).await;
+    let (status, _, page) = get(&app.client, &room_path(&room)).await;
+    assert_eq!(status, Status::Ok, "{page}");
+    assert!(timeline(&page).contains("deux fois") || timeline(&page).contains("et encore"));
+    let mut conn = app.db.conn().await;
+    let remembered: i64 = tchap_portal::db::schema::chat_media::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(remembered, 1, "the image is remembered once");
 }

@@ -8,7 +8,7 @@ use rocket::http::Status;
 use serde_json::{json, Value};
 use tchap_portal::db::schema::audioconf_conferences;
 
-use crate::audioconf::{app, book_direct, ivr, settings_of, BRIDGE_SECRET, NUMBER};
+use crate::audioconf::{app, app_figment, book_direct, ivr, settings_of, BRIDGE_SECRET, NUMBER};
 use crate::chat_room::{enc, room_path};
 use crate::common::matrix::{call, create_room, new_user, random_tag, set_email, token_of};
 use crate::common::smtp::{parse, SmtpServer};
@@ -332,4 +332,87 @@ async fn a_room_conference_is_refused_when_no_line_is_free() {
     assert!(again.contains("Plus aucune ligne n’est libre pour ce jour"));
     assert_eq!(rooms_conferences(&app).await, 0);
     assert!(messages(&ta, &room).await.is_empty(), "nothing posted");
+}
+
+#[rocket::async_test]
+async fn two_members_starting_a_conference_at_once_post_one_announcement() {
+    let smtp = SmtpServer::start();
+    let app = app(&smtp, |f| f).await;
+    let (_, alice) = new_user("alice", PASSWORD, Some("Alice Martin")).await;
+    let (_, bob) = new_user("bob", PASSWORD, Some("Bob Durand")).await;
+    set_email(&alice, &format!("alice.{}@numerique.gouv.fr", random_tag())).await;
+    set_email(&bob, &format!("bob.{}@numerique.gouv.fr", random_tag())).await;
+    let (ta, tb) = (
+        token_of(&alice, PASSWORD).await,
+        token_of(&bob, PASSWORD).await,
+    );
+    // Bob on another instance of the same portal (same settings, same database).
+    let bob_browser = rocket::local::asynchronous::Client::tracked(
+        tchap_portal::build(app_figment(&smtp, &app.db)).expect("settings"),
+    )
+    .await
+    .expect("the portal starts");
+    log_in(&app.client, &alice, PASSWORD).await;
+    log_in(&bob_browser, &bob, PASSWORD).await;
+
+    // Both press "Démarrer une audioconférence" at the same moment, in three rooms.
+    for n in 0..3 {
+        let room = create_room(
+            &ta,
+            json!({"name": format!("Réunion {n}"), "preset": "public_chat"}),
+        )
+        .await;
+        call("POST", &tb, &format!("/join/{}", enc(&room)), json!({})).await;
+        let (_, _, alice_page) = get(&app.client, &room_path(&room)).await;
+        let (_, _, bob_page) = get(&bob_browser, &room_path(&room)).await;
+        let before = rooms_conferences(&app).await;
+        let (a, b) = rocket::tokio::join!(
+            press(&app.client, &room, &alice_page),
+            press(&bob_browser, &room, &bob_page)
+        );
+        let mut notices = vec![];
+        for (status, location, body) in [a, b] {
+            assert_eq!(status, Status::SeeOther, "room {n}: {body}");
+            let location = location.unwrap_or_default();
+            notices.push(
+                location
+                    .split("fait=")
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        notices.sort();
+        assert_eq!(
+            notices,
+            [
+                "audioconf#audioconference",
+                "audioconf_existing#audioconference"
+            ],
+            "room {n}: one booked it, the other was shown it"
+        );
+        assert_eq!(
+            rooms_conferences(&app).await,
+            before + 1,
+            "room {n}: one line"
+        );
+        let posted: Vec<String> = messages(&tb, &room)
+            .await
+            .iter()
+            .filter_map(|c| c["body"].as_str().map(str::to_owned))
+            .filter(|b| b.starts_with("Audioconférence du"))
+            .collect();
+        assert_eq!(posted.len(), 1, "room {n}: one announcement: {posted:?}");
+        let grouped = {
+            let pin = pin_in(&posted[0]);
+            format!("{} {} {}", &pin[..3], &pin[3..6], &pin[6..])
+        };
+        for client in [&app.client, &bob_browser] {
+            let (_, _, page) = get(client, &room_path(&room)).await;
+            assert!(
+                section(&page).contains(&grouped),
+                "room {n}: both members see the line"
+            );
+        }
+    }
 }

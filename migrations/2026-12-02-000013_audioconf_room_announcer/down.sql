@@ -1,0 +1,1 @@
+ALTER TABLE audioconf_rooms DROP COLUMN announcing_until;
