@@ -9,6 +9,7 @@ mod chat_room;
 mod cluster;
 mod common;
 mod db;
+mod faults;
 mod keys;
 mod login;
 mod mail;

@@ -8,6 +8,7 @@ pub mod haproxy;
 pub mod hostile;
 pub mod http;
 pub mod matrix;
+pub mod pg;
 pub mod portal;
 pub mod smtp;
 
