@@ -25,7 +25,7 @@ use crate::config::MailSettings;
 use crate::db::schema::outbox;
 use crate::db::{Db, DbError};
 
-use super::transport::Transport;
+use super::transport::{Sender, Transport};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Batch {
@@ -210,7 +210,7 @@ async fn record(
 /// the lease runs out): a database restart does not make it go out twice.
 async fn deliver(
     db: &Db,
-    transport: &Transport,
+    sender: &mut Sender,
     settings: &MailSettings,
     owner: &str,
     mail: &Claimed,
@@ -218,7 +218,7 @@ async fn deliver(
     record_by: std::time::Instant,
 ) -> Result<Batch, DbError> {
     let result = match envelope(&mail.sender, &mail.recipients) {
-        Ok(env) => transport.send_raw(&env, &mail.raw).await,
+        Ok(env) => sender.send_raw(&env, &mail.raw).await,
         Err(e) => Err(format!("bad envelope: {e}")),
     };
     let attempts = mail.attempts + 1;
@@ -229,9 +229,7 @@ async fn deliver(
             tracing::info!(outbox_id = mail.id, attempts, "mail sent");
             Outcome::Sent
         }
-        Err(error)
-            if now - mail.created_at >= chrono::Duration::hours(settings.max_age_hours) =>
-        {
+        Err(error) if now - mail.created_at >= chrono::Duration::hours(settings.max_age_hours) => {
             batch.failed = 1;
             tracing::error!(outbox_id = mail.id, attempts, %error, "mail failed for good");
             Outcome::Failed(error)
@@ -284,14 +282,27 @@ async fn lane(
     now: Option<DateTime<Utc>>,
     stop: Arc<AtomicBool>,
 ) -> Result<Batch, DbError> {
+    let mut sender = transport.sender();
+    let done = lane_pass(&db, &mut sender, &settings, now, &stop).await;
+    sender.close().await;
+    done
+}
+
+async fn lane_pass(
+    db: &Db,
+    sender: &mut Sender,
+    settings: &MailSettings,
+    now: Option<DateTime<Utc>>,
+    stop: &AtomicBool,
+) -> Result<Batch, DbError> {
     let owner = worker_id();
     let lease = Duration::from_secs(settings.lease_secs);
     let slow_send = Duration::from_secs(2 * settings.smtp_timeout_secs.max(1));
     let mut batch = Batch::default();
-    while !stopped(&stop) {
+    while !stopped(stop) {
         let at = now.unwrap_or_else(Utc::now);
         let claimed_at = std::time::Instant::now();
-        let mails = claim(&db, owner, settings.lease_secs, at).await?;
+        let mails = claim(db, owner, settings.lease_secs, at).await?;
         if mails.is_empty() {
             break;
         }
@@ -302,21 +313,21 @@ async fn lane(
         for mail in &mails {
             if failure.is_some()
                 || !unsent.is_empty()
-                || stopped(&stop)
+                || stopped(stop)
                 || claimed_at.elapsed() + slow_send >= lease
             {
                 unsent.push(mail.id);
                 continue;
             }
             let at = now.unwrap_or_else(Utc::now);
-            match deliver(&db, &transport, &settings, owner, mail, at, record_by).await {
+            match deliver(db, sender, settings, owner, mail, at, record_by).await {
                 Ok(b) => batch.add(b),
                 Err(e) => failure = Some(e),
             }
         }
         // Given back at once, so they need not wait for their leases (best effort: with the
         // database away, the leases run out instead).
-        if let Err(e) = release(&db, owner, &unsent).await {
+        if let Err(e) = release(db, owner, &unsent).await {
             tracing::warn!(error = %e, mails = unsent.len(), "claimed mails not given back: their leases will run out");
         }
         if let Some(e) = failure {
