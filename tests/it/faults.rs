@@ -110,6 +110,10 @@ struct Portal {
 fn settings(url: &str, smtp: &SmtpServer) -> Figment {
     tchap_portal::config::figment()
         .merge(("portal.database_url", url))
+        .merge((
+            "portal.matrix.homeserver",
+            crate::common::matrix::homeserver(),
+        ))
         .merge(("portal.db.pool_size", 4))
         .merge(("portal.db.timeout_secs", 1))
         .merge(("portal.db.statement_timeout_secs", STATEMENT_TIMEOUT_SECS))
@@ -124,9 +128,9 @@ fn settings(url: &str, smtp: &SmtpServer) -> Figment {
         .merge(("portal.mail.smtp_timeout_secs", 3))
         .merge(("portal.mail.poll_secs", 1))
         .merge(("portal.mail.retry_base_secs", 1))
-        // The shortest allowed (3 SMTP timeouts): mails a worker had claimed when the database
-        // failed wait for their lease to run out before they are sent (the default is 60 s).
-        .merge(("portal.mail.lease_secs", 9))
+        // The default (60 s): the mails a worker had claimed when the database failed are given
+        // back or recorded when it returns, not left to their leases.
+        .merge(("portal.mail.lease_secs", 60))
 }
 
 impl Portal {
