@@ -427,6 +427,23 @@ async fn migrated() -> Arc<PgCluster> {
     Arc::new(cluster)
 }
 
+/// A migrated primary and its synchronous streaming standby: a commit returns once the standby
+/// has it. Set on the primary after the copy, so that a promoted standby does not wait for a
+/// standby of its own.
+async fn synchronous_pair() -> (Arc<PgCluster>, Arc<PgCluster>) {
+    let primary = migrated().await;
+    let from = primary.clone();
+    let standby = tokio::task::spawn_blocking(move || {
+        let standby = PgCluster::standby_of(&from);
+        from.configure("synchronous_standby_names", "*");
+        from.wait_for_sync_standby();
+        standby
+    })
+    .await
+    .expect("the standby streams");
+    (primary, Arc::new(standby))
+}
+
 const RESTARTS: usize = 3;
 
 #[rocket::async_test]
@@ -503,19 +520,7 @@ async fn postgresql_stalled_under_load_gives_503s_within_the_timeout_then_recove
 #[rocket::async_test]
 async fn the_primary_lost_under_load_the_promoted_standby_serves_and_keeps_every_booking() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let primary = migrated().await;
-    let from = primary.clone();
-    let standby = tokio::task::spawn_blocking(move || {
-        let standby = PgCluster::standby_of(&from);
-        // Synchronous replication: a commit returns once the standby has it. Set on the primary
-        // after the copy, so that the promoted standby does not wait for a standby of its own.
-        from.configure("synchronous_standby_names", "*");
-        from.wait_for_sync_standby();
-        standby
-    })
-    .await
-    .expect("the standby streams");
-    let standby = Arc::new(standby);
+    let (primary, standby) = synchronous_pair().await;
     let url = format!(
         "postgres://portal@{},{}/{DB}?target_session_attrs=read-write",
         primary.host(),
@@ -543,17 +548,7 @@ async fn the_primary_lost_under_load_the_promoted_standby_serves_and_keeps_every
 #[rocket::async_test]
 async fn the_synchronous_standby_lost_under_load_writes_answer_503_then_resume() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let primary = migrated().await;
-    let from = primary.clone();
-    let standby = tokio::task::spawn_blocking(move || {
-        let standby = PgCluster::standby_of(&from);
-        from.configure("synchronous_standby_names", "*");
-        from.wait_for_sync_standby();
-        standby
-    })
-    .await
-    .expect("the standby streams");
-    let standby = Arc::new(standby);
+    let (primary, standby) = synchronous_pair().await;
     let portal = Portal::start(&primary.url(DB)).await;
     let (main, lost) = (primary.clone(), standby.clone());
     // Every commit on the primary now waits for a standby that is not there (no timeout of
