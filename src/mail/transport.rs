@@ -78,14 +78,6 @@ impl Transport {
             open: None,
         }
     }
-
-    /// Sends one mail over a connection of its own (closed after).
-    pub async fn send_raw(&self, envelope: &Envelope, raw: &[u8]) -> Result<(), String> {
-        let mut sender = self.sender();
-        let sent = sender.send_raw(envelope, raw).await;
-        sender.close().await;
-        sent
-    }
 }
 
 /// One lane's connection to the SMTP server, opened when first needed and after any failure.

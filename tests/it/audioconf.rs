@@ -3,7 +3,7 @@
 
 use chrono::{Duration, Utc};
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use rocket::figment::Figment;
 use rocket::http::{ContentType, Header, Status};
 use serde_json::{json, Value};
@@ -747,6 +747,42 @@ async fn the_database_down_gives_503_pages_and_answers_never_500() {
     let (status, body, _) = ivr(&app, BRIDGE_SECRET, NUMBER, "123456789", "+33600000009").await;
     assert_eq!(status, Status::ServiceUnavailable);
     assert_eq!(body["error"], "temporarily_unavailable");
+}
+
+#[rocket::async_test]
+async fn a_booking_stuck_behind_a_lock_answers_503_once_the_statement_timeout_cancels_it() {
+    let smtp = SmtpServer::start();
+    let app = app(&smtp, |f| f.merge(("portal.db.statement_timeout_secs", 1))).await;
+    let form = |page: &str| {
+        format!(
+            "csrf_token={}&email=a%40agent.gouv.fr&when=duration&duration=60",
+            csrf_token(page)
+        )
+    };
+    let (_, page) = get(&app, "/audioconf").await;
+    // Something else holds the table (a long migration, a manual fix) in an open transaction.
+    let mut locker = app.db.conn().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE audioconf_requests IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let started = std::time::Instant::now();
+    let (status, html) = post(&app, "/audioconf", form(&page)).await;
+    let waited = started.elapsed();
+    assert_eq!(status, Status::ServiceUnavailable, "{html}");
+    // PostgreSQL's statement_timeout ended the wait (the client-side watchdog would take 2 s).
+    assert!(
+        waited >= std::time::Duration::from_millis(900)
+            && waited < std::time::Duration::from_millis(1800),
+        "answered after {waited:?}"
+    );
+    locker.batch_execute("ROLLBACK").await.expect("unlock");
+    assert_eq!(requests_recorded(&app).await, 0, "nothing recorded");
+    // The lock gone, the same request goes through on the same pool.
+    let (_, page) = get(&app, "/audioconf").await;
+    let (status, html) = post(&app, "/audioconf", form(&page)).await;
+    assert_eq!(status, Status::Ok, "{html}");
+    assert_eq!(requests_recorded(&app).await, 1);
 }
 
 /// The portal on a real port (the relying party's back channel calls it: discovery, token, JWKS,

@@ -16,7 +16,6 @@ use rocket::tokio::time::sleep;
 use serde_json::{json, Value};
 use tchap_portal::accounts::matrix::percent_encode as enc;
 use tchap_portal::db::schema::{audioconf_conferences, audioconf_requests};
-use tchap_portal::oidc::clients::{self, NewClient};
 use tchap_portal::oidc::jwt;
 
 use crate::common::cluster::Cluster;
@@ -184,22 +183,8 @@ async fn two_instances_behind_haproxy_serve_each_journey_across_them() {
     // Tchap Identité: authorization on one instance, consent on the other, the code exchanged and
     // the ID token checked against the JWKS as another instance publishes it, userinfo.
     let mut conn = db.conn().await;
-    let (client, secret) = clients::add(
-        &mut conn,
-        &NewClient {
-            name: "Démarches simplifiées".into(),
-            redirect_uris: vec![RP.into()],
-            post_logout_redirect_uris: vec![],
-            public: false,
-            subject_type: "pairwise".into(),
-            id_token_alg: "RS256".into(),
-            userinfo_signed: false,
-        },
-        chrono::Utc::now(),
-    )
-    .await
-    .expect("client");
-    let secret = secret.expect("secret");
+    let (client_id, secret) =
+        crate::common::confidential_client(&mut conn, "Démarches simplifiées", RP).await;
     let challenge =
         tchap_portal::crypto::b64url(&tchap_portal::crypto::sha256(VERIFIER.as_bytes()));
     let consent = t.step(
@@ -207,7 +192,7 @@ async fn two_instances_behind_haproxy_serve_each_journey_across_them() {
         agent
             .get(&format!(
                 "/authorize?response_type=code&client_id={}&redirect_uri={}&scope=openid%20email&state=st1&nonce=n1&code_challenge={challenge}&code_challenge_method=S256",
-                client.client_id,
+                client_id,
                 enc(RP)
             ))
             .await,
@@ -239,7 +224,7 @@ async fn two_instances_behind_haproxy_serve_each_journey_across_them() {
                 service
                     .http
                     .post(service.url("/token"))
-                    .basic_auth(&client.client_id, Some(&secret))
+                    .basic_auth(&client_id, Some(&secret))
                     .header("Content-Type", "application/x-www-form-urlencoded")
                     .body(format!(
                         "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={VERIFIER}",

@@ -18,7 +18,6 @@ use tchap_portal::cli;
 use tchap_portal::config::Config;
 use tchap_portal::crypto::{self, Keys, Stable};
 use tchap_portal::db::schema::{audioconf_conferences, sessions, stable_keys};
-use tchap_portal::oidc::clients::{self, NewClient};
 use tchap_portal::oidc::jwt;
 use tchap_portal::web::i18n::Lang;
 
@@ -194,25 +193,10 @@ async fn a_rotated_secret_key_keeps_subjects_sessions_and_pins_and_reencrypt_ret
     // Before: a service, an agent signed in there, a booked conference, all under k0.
     let before = portal(&db, &k0, &[]).await;
     let mut conn = db.conn().await;
-    let (rp, rp_secret) = clients::add(
-        &mut conn,
-        &NewClient {
-            name: "Démarches".into(),
-            redirect_uris: vec![RP.into()],
-            post_logout_redirect_uris: vec![],
-            public: false,
-            subject_type: "pairwise".into(),
-            id_token_alg: "RS256".into(),
-            userinfo_signed: false,
-        },
-        Utc::now(),
-    )
-    .await
-    .expect("client");
-    let rp_secret = rp_secret.expect("secret");
+    let (rp_id, rp_secret) = crate::common::confidential_client(&mut conn, "Démarches", RP).await;
     let (_, user_id) = new_user("rotation", PASSWORD, None).await;
     crate::common::log_in(&before, &user_id, PASSWORD).await;
-    let (sub, access_token) = sign_in_at_service(&before, &rp.client_id, &rp_secret).await;
+    let (sub, access_token) = sign_in_at_service(&before, &rp_id, &rp_secret).await;
     let session_cookie = before
         .cookies()
         .get(session::cookie_name(false))
@@ -268,7 +252,7 @@ async fn a_rotated_secret_key_keeps_subjects_sessions_and_pins_and_reencrypt_ret
     let legacy_sub = crypto::b64url(
         &legacy
             .stable(Stable::SubjectPairwise)
-            .mac(format!("{}|{user_id}", rp.client_id).as_bytes()),
+            .mac(format!("{}|{user_id}", rp_id).as_bytes()),
     );
     assert_eq!(sub, legacy_sub);
     // As before the migration: no stable keys yet, and the upgrade comes with a rotation.
@@ -297,7 +281,7 @@ async fn a_rotated_secret_key_keeps_subjects_sessions_and_pins_and_reencrypt_ret
     );
     assert!(cancel_page_shows(&rotated, &created.cancel_token, &created.pin).await);
     crate::common::log_in(&rotated, &user_id, PASSWORD).await;
-    let (again, _) = sign_in_at_service(&rotated, &rp.client_id, &rp_secret).await;
+    let (again, _) = sign_in_at_service(&rotated, &rp_id, &rp_secret).await;
     assert_eq!(again, sub, "a new sign-in after the rotation: same sub");
 
     // Everything moves to k1, batch after batch; a second run has nothing left to do.

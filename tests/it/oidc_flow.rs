@@ -808,22 +808,12 @@ async fn post_form(
 /// A second confidential client, to check that clients cannot touch each other's tokens.
 async fn other_client(app: &TestApp) -> (String, String) {
     let mut conn = app.db.conn().await;
-    let (c, secret) = clients::add(
+    crate::common::confidential_client(
         &mut conn,
-        &NewClient {
-            name: "Autre service".into(),
-            redirect_uris: vec!["https://autre.example.gouv.fr/cb".into()],
-            post_logout_redirect_uris: vec![],
-            public: false,
-            subject_type: "pairwise".into(),
-            id_token_alg: "RS256".into(),
-            userinfo_signed: false,
-        },
-        Utc::now(),
+        "Autre service",
+        "https://autre.example.gouv.fr/cb",
     )
     .await
-    .expect("client");
-    (c.client_id, secret.expect("secret"))
 }
 
 #[rocket::async_test]

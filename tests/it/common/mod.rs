@@ -277,6 +277,35 @@ pub async fn get_raw(client: &Client, path: &str) -> (rocket::http::Status, Stri
 }
 
 /// The CSRF token of the form on `path`, as a browser reads it from the page.
+/// A confidential OpenID client (pairwise subjects, RS256) registered at `redirect_uri`: its
+/// `client_id` and secret.
+pub async fn confidential_client(
+    conn: &mut AsyncPgConnection,
+    name: &str,
+    redirect_uri: &str,
+) -> (String, String) {
+    use tchap_portal::oidc::clients::{self, NewClient};
+    let (client, secret) = clients::add(
+        conn,
+        &NewClient {
+            name: name.into(),
+            redirect_uris: vec![redirect_uri.into()],
+            post_logout_redirect_uris: vec![],
+            public: false,
+            subject_type: "pairwise".into(),
+            id_token_alg: "RS256".into(),
+            userinfo_signed: false,
+        },
+        chrono::Utc::now(),
+    )
+    .await
+    .expect("client");
+    (
+        client.client_id,
+        secret.expect("a confidential client has a secret"),
+    )
+}
+
 pub async fn form_token(client: &Client, path: &str) -> String {
     csrf_token(&get_raw(client, path).await.1)
 }
